@@ -1,0 +1,16 @@
+"""aitimestepper: learned adaptive time steps for gravitational N-body simulation.
+
+The kernels (softened all-pairs gravity, energies, fused leapfrog/yoshida4 steps) live in the
+compiled module `_core` (C++/OpenMP and CUDA) and in Triton; `aitimestepper.ops` exposes them as
+differentiable torch ops. Training, simulation and the CLI sit on top.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import ops
+from .ops.backends import available_backends as backends
+from .ops.backends import build_info
+from .physics.field import TidalField
+
+__all__ = ["ops", "backends", "build_info", "TidalField", "__version__"]
