@@ -20,3 +20,19 @@ class InputTypeError(AITimeStepperError, TypeError):
 
 class BackendUnavailableError(AITimeStepperError, RuntimeError):
     """The requested backend cannot run here (not built, no GPU, Triton missing)."""
+
+
+class ConfigError(AITimeStepperError, ValueError):
+    """A configuration file or command-line setting is unknown, mistyped or inconsistent."""
+
+
+class CheckpointError(AITimeStepperError, ValueError):
+    """A checkpoint is missing, unreadable, of another format version or of another system."""
+
+
+class TrainingStopped(AITimeStepperError, RuntimeError):
+    """Training stopped on purpose before its end (the retrain cap); a checkpoint was saved."""
+
+    def __init__(self, message: str, checkpoint_path: str | None = None) -> None:
+        super().__init__(message)
+        self.checkpoint_path = checkpoint_path

@@ -19,6 +19,7 @@ from typing import Optional
 
 import torch
 
+from ..errors import InputTypeError
 from ..physics.field import TidalField
 from . import custom, reference
 from .backends import available_backends, build_info, resolve
@@ -148,6 +149,8 @@ def step(
     """
     steps = check_steps(steps)
     integrator_index = check_integrator(integrator)
+    if dt is None:  # prepare() reads dt=None as "this op takes no dt"
+        raise InputTypeError("dt must be a real number or a tensor, got None")
     batch = prepare(pos, mass, vel=vel, dt=dt, G=G, softening=softening, field=field, need_vel=True)
     name = _backend_for(backend, batch)
     if name == "reference":

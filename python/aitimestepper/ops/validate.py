@@ -232,4 +232,4 @@ def check_mass_not_differentiated(mass: torch.Tensor, backend: str) -> None:
 
 
 def restore(t: torch.Tensor, batch_shape: Sequence[int], trailing: Sequence[int] = ()) -> torch.Tensor:
-    return t.reshape(*batch_shape, *trailing)
+    return t.reshape((*batch_shape, *trailing))

@@ -1,0 +1,183 @@
+"""The `aitimestepper` command: train, simulate, both, bench, info.
+
+Flags are generated from the Config table (config.py) with argparse, which accepts both
+`--flag value` and `--flag=value`; every flag defaults to "not given", so only flags on the
+command line override the TOML file and the defaults. `--config FILE.toml` is taken out of the
+arguments first, wherever it stands (before or after the subcommand). Human-readable output
+(progress, the training summary, errors) goes to stderr; machine-readable JSON to stdout.
+
+Exit status: 0 success, 2 bad usage or input (nothing written), 3 training stopped at the
+retrain cap (a checkpoint was written).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from typing import Any, Optional, Sequence
+
+from .config import Config, build_config, read_toml, setting_type, settings
+from .errors import AITimeStepperError, ConfigError, TrainingStopped
+
+EXIT_USAGE = 2
+EXIT_STOPPED = 3
+COMMANDS = ("train", "simulate", "both", "bench", "info")
+
+
+def settings_parser() -> argparse.ArgumentParser:
+    """A parent parser holding one flag per setting (defaults suppressed: 'not given')."""
+    parser = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS, allow_abbrev=False)
+    parser.add_argument("--config", metavar="FILE.toml", help="settings file (top level, [train], [simulate])")
+    for f in settings():
+        meta = dict(f.metadata)
+        kind = setting_type(f.name)[0]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        kwargs: dict[str, Any] = {"dest": f.name, "help": f"{meta['help']} (default: {default})"}
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = kind
+            if "nargs" in meta:
+                kwargs["nargs"] = meta["nargs"]
+            if "choices" in meta:
+                kwargs["choices"] = meta["choices"]
+        if f.name == "plot":
+            kwargs.update(nargs="?", const="", metavar="PNG")
+        parser.add_argument(*meta["flags"], **kwargs)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aitimestepper", allow_abbrev=False,
+        description="Learned adaptive time steps for gravitational N-body simulation.")
+    sub = parser.add_subparsers(dest="command", metavar="{train,simulate,both,bench,info}")
+    parent = settings_parser()
+    sub.add_parser("train", parents=[parent], help="two-phase training", allow_abbrev=False)
+    sub.add_parser("simulate", parents=[parent], help="integrate systems and print JSON", allow_abbrev=False)
+    sub.add_parser("both", parents=[parent], help="train, then simulate with the last checkpoint", allow_abbrev=False)
+    sub.add_parser("bench", help="kernel benchmarks (arguments go to aitimestepper.bench.kernels)", add_help=False)
+    sub.add_parser("info", help="print the build information as JSON")
+    return parser
+
+
+def split_config(argv: Sequence[str]) -> tuple[list[str], Optional[str]]:
+    """Remove `--config FILE` / `--config=FILE` from anywhere in argv."""
+    rest: list[str] = []
+    path: Optional[str] = None
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--config":
+            if i + 1 >= len(args):
+                raise ConfigError("--config needs a file name")
+            path, i = args[i + 1], i + 2
+            continue
+        if arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, path
+
+
+def configs_for(command: str, argv: Sequence[str]) -> tuple[Optional[Config], Optional[Config]]:
+    """(training config, simulation config) for a command line."""
+    rest, config_path = split_config(argv)
+    namespace = vars(build_parser().parse_args(rest))
+    namespace.pop("command", None)
+    tables = read_toml(config_path) if config_path else None
+    source = config_path or "config file"
+    train = build_config("train", tables, namespace, source) if command in ("train", "both") else None
+    simulate = build_config("simulate", tables, namespace, source) if command in ("simulate", "both") else None
+    return train, simulate
+
+
+def _command(argv: Sequence[str]) -> Optional[str]:
+    """The subcommand: the first argument that names one and is not a --config value."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--config":
+            skip = True
+            continue
+        if arg in COMMANDS:
+            return arg
+        if not arg.startswith("-"):
+            return None
+    return None
+
+
+def _bench(argv: list[str]) -> int:
+    try:
+        from .bench import kernels
+    except ImportError as error:
+        print(f"error: the kernel benchmark (aitimestepper.bench.kernels) is not available: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    result = kernels.main(argv)
+    return int(result or 0)
+
+
+def _info() -> int:
+    from . import build_info
+
+    print(json.dumps(build_info(), indent=2, default=str))
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = _command(argv)
+    if command == "bench":
+        return _bench(argv[argv.index("bench") + 1:])
+    if command is None or command == "info":
+        if command is None:
+            build_parser().parse_args(argv)  # prints usage / --help, or errors on a bad command
+            build_parser().print_help(sys.stderr)
+            return EXIT_USAGE
+        return _info()
+    try:
+        train_cfg, sim_cfg = configs_for(command, argv)
+        if command == "train":
+            from .training import run_training
+
+            result = run_training(train_cfg)
+            print(json.dumps({"checkpoint": result.checkpoint, "epochs_completed": result.epochs_completed,
+                              "total_time_s": result.total_time, "convergence_rate": result.convergence_rate,
+                              "trajectory_length": result.trajectory_length, "pass_rate": result.pass_rate,
+                              "stop_reason": result.stop_reason}))
+        elif command == "simulate":
+            from .simulate import run_simulation
+
+            run_simulation(sim_cfg)
+        else:
+            run_both(train_cfg, sim_cfg)
+    except TrainingStopped as stop:
+        print(f"error: {stop}", file=sys.stderr)
+        return EXIT_STOPPED
+    except (AITimeStepperError, ImportError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+def run_both(train_cfg: Config, sim_cfg: Config) -> list[dict[str, Any]]:
+    """Train, then simulate with the last checkpoint (ml, or history if the model uses history)."""
+    from .simulate import run_simulation
+    from .training import run_training
+
+    result = run_training(train_cfg)
+    if result.checkpoint is None:
+        raise ConfigError("training wrote no checkpoint (no epochs left to run?); nothing to simulate")
+    changes: dict[str, Any] = {"model_path": result.checkpoint}
+    if "integrator_mode" not in sim_cfg.explicit:
+        changes["integrator_mode"] = "history" if train_cfg.history_len > 0 else "ml"
+    return run_simulation(sim_cfg.replace(**changes))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,372 @@
+"""Simulation: integrate a batch of systems with a fixed, learned or classical adaptive dt.
+
+Modes (--integrator-mode): `analytic` (fixed --dt), `ml` (dt from the network on the current
+state), `history` (the network with history features), `adaptive` (dt = eta * min_i sqrt(d_i /
+|a_i|), d_i the distance from body i to its nearest neighbour, a_i its acceleration).
+
+The loop carries the acceleration from the end of one step to the start of the next, so a
+leapfrog step costs one force evaluation however dt changes between steps (ops.step, called
+per step, would recompute it at the start of every call), and the learned modes read their
+features off the same acceleration. A fixed-dt run without recording goes through ops.step in
+chunks instead: the fused kernel does many steps per call. Every loop stops at --step-cap.
+
+The network's architecture, features, history length, normalization and dtype come from the
+checkpoint, as do the system settings it was trained on (N, D, masses, G, softening, field,
+integrator) unless given explicitly. Each system's result is one strict-JSON object; a system
+whose state or energy became non-finite reports null there and "diverged": true.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, TextIO
+
+import torch
+
+from . import ops
+from .checkpoint import check_system, load_checkpoint, restore_model
+from .config import Config, config_from_dict
+from .errors import ConfigError
+from .initial_conditions import Systems, kepler_period, make_systems
+from .physics.integrators import substep_weights
+
+# System settings a checkpoint supplies unless the user gives them explicitly.
+INHERITED_FROM_CHECKPOINT = ("num_particles", "dim", "mass", "G", "softening", "integrator", "external_field_mass",
+                             "external_field_position", "dtype", "ic", "e_min", "e_max", "a_min", "a_max",
+                             "pos_scale", "vel_scale")
+CHUNK = 1024  # steps per ops.step call on the fixed-dt fast path, and per dt-statistics flush
+CHECK_EVERY = 16  # steps between host checks of "all systems finished" in time-limited runs
+
+
+@dataclass
+class Recording:
+    """Frames of system 0 for movies and plots, decimated to at most max_frames."""
+
+    max_frames: int
+    stride: int = 1
+    t: list[float] = field(default_factory=list)
+    pos: list[torch.Tensor] = field(default_factory=list)
+    energy: list[float] = field(default_factory=list)
+    momentum: list[float] = field(default_factory=list)
+    angular_momentum: list[float] = field(default_factory=list)
+    dt: list[float] = field(default_factory=list)
+
+    def add(self, t: float, pos, energy: float, momentum: float, angular: float, dt: float) -> None:
+        self.t.append(t)
+        self.pos.append(pos)
+        self.energy.append(energy)
+        self.momentum.append(momentum)
+        self.angular_momentum.append(angular)
+        self.dt.append(dt)
+        if len(self.t) > self.max_frames:  # keep every other frame, record half as often
+            for name in ("t", "pos", "energy", "momentum", "angular_momentum", "dt"):
+                setattr(self, name, getattr(self, name)[::2])
+            self.stride *= 2
+
+
+def _norm_of(value: torch.Tensor) -> torch.Tensor:
+    """|L| for [B] (2-D) or [B, 3] (3-D) angular momentum; |P| for [B, D]."""
+    return value.abs() if value.dim() == 1 else value.norm(dim=-1)
+
+
+def adaptive_dt(pos: torch.Tensor, acc: torch.Tensor, eta: float) -> torch.Tensor:
+    """dt = eta * min_i sqrt(d_i / |a_i|), d_i the nearest-neighbour distance of body i, [B]."""
+    distance = torch.cdist(pos, pos)
+    distance.diagonal(dim1=-2, dim2=-1).fill_(float("inf"))
+    nearest = distance.amin(-1)
+    return eta * torch.sqrt(nearest / acc.norm(dim=-1).clamp_min(torch.finfo(pos.dtype).tiny)).amin(-1)
+
+
+class Simulator:
+    """One simulation: the configured systems, the dt policy and the stepping loop."""
+
+    def __init__(self, cfg: Config, checkpoint: Optional[dict[str, Any]] = None) -> None:
+        self.cfg = cfg
+        self.model = self.featurizer = None
+        if cfg.integrator_mode in ("ml", "history"):
+            self.model, self.featurizer = restore_model(checkpoint, cfg.device)
+            self.model.to(dtype=getattr(torch, cfg.dtype))
+            self.model_dtype = cfg.dtype
+            uses_history = self.featurizer.K > 0
+            if cfg.integrator_mode == "history" and not uses_history:
+                raise ConfigError("--integrator-mode history needs a checkpoint trained with history_len >= 1; "
+                                  "this one has history_len 0 (use --integrator-mode ml)")
+            if cfg.integrator_mode == "ml" and uses_history:
+                raise ConfigError(f"this checkpoint uses {self.featurizer.K} history states; use "
+                                  "--integrator-mode history")
+        self.physics = cfg.physics_kwargs()
+        self.weights = substep_weights(cfg.integrator)
+
+    # ------------------------------------------------------------------
+    def _kick_drift_kick(self, pos, vel, acc, mass, dt):
+        """One step of the configured integrator with per-system dt [B]; acc carried in and out."""
+        for c in self.weights:
+            h = (dt if c == 1.0 else c * dt).view(-1, 1, 1)
+            vel = torch.addcmul(vel, h, acc, value=0.5)
+            pos = torch.addcmul(pos, h, vel)
+            acc = ops.acceleration(pos, mass, **self.physics)
+            vel = torch.addcmul(vel, h, acc, value=0.5)
+        return pos, vel, acc
+
+    def run(self, systems: Systems, t_end: Optional[torch.Tensor], recording: Optional[Recording]) -> dict[str, Any]:
+        cfg = self.cfg
+        B = systems.pos.shape[0]
+        pos, vel, mass = systems.pos.clone(), systems.vel.clone(), systems.mass
+        started = time.perf_counter()
+        with torch.no_grad(), ops.unchecked():
+            acc = ops.acceleration(pos, mass, **self.physics)
+            evaluations = 1
+            steps = torch.zeros(B, dtype=torch.long, device=pos.device)
+            t = torch.zeros_like(systems.mass[:, 0])
+            stats = _DtStats(B, pos.dtype, pos.device)
+            history = None
+            if self.featurizer is not None and self.featurizer.K:
+                history = self.featurizer.new_history(B, *pos.shape[1:], pos.dtype, pos.device)
+            limit = min(cfg.steps if t_end is None else cfg.step_cap, cfg.step_cap)
+            taken = 0
+            if cfg.integrator_mode == "analytic" and t_end is None and recording is None:
+                pos, vel, evaluations = self._fixed_steps(pos, vel, mass, stats, limit)
+                taken = limit
+            else:
+                zero = torch.zeros_like(t)
+                track_time = t_end is not None or recording is not None  # else t is the sum of the dt log
+                while taken < limit:
+                    dt = self._dt(pos, vel, mass, acc, history)
+                    if t_end is not None:
+                        dt = torch.minimum(dt, (t_end - t).clamp_min(0))
+                    dt = torch.where(dt.isfinite(), dt, zero)  # a NaN dt (diverged system) stops it
+                    if history is not None:
+                        history.push(None, self._block, pos, vel, acc, dt)
+                    pos, vel, acc = self._kick_drift_kick(pos, vel, acc, mass, dt)
+                    if track_time:
+                        t = t + dt
+                    stats.log(dt)
+                    taken += 1
+                    evaluations += len(self.weights)
+                    if recording is not None and taken % recording.stride == 0:
+                        self._record(recording, t, pos, vel, mass, dt)
+                    if t_end is not None and taken % CHECK_EVERY == 0 and not bool((t < t_end).any()):
+                        break
+            dt_summary = stats.finish()
+            steps += stats.steps
+            if t_end is None and recording is None:
+                t = t + stats.total
+            if t_end is None:
+                cap_reached = cfg.steps > cfg.step_cap
+            else:
+                cap_reached = taken >= cfg.step_cap and bool((t < t_end).any())
+            wall = time.perf_counter() - started
+            return {"pos": pos, "vel": vel, "t": t, "steps": steps, "dt": dt_summary, "evaluations": evaluations,
+                    "wall_time_s": wall, "step_cap_reached": cap_reached}
+
+    def _fixed_steps(self, pos, vel, mass, stats, total: int):
+        """The analytic mode's fast path: ops.step in chunks of fixed dt (S + 1 evaluations per chunk)."""
+        evaluations, done = 0, 0
+        dt = torch.full_like(mass[:, 0], self.cfg.dt)
+        while done < total:
+            n = min(CHUNK, total - done)
+            pos, vel = ops.step(pos, vel, mass, dt, steps=n, integrator=self.cfg.integrator, **self.physics)
+            evaluations += n * len(self.weights) + 1
+            done += n
+        stats.add_constant(self.cfg.dt, total)
+        return pos, vel, evaluations
+
+    def _dt(self, pos, vel, mass, acc, history) -> torch.Tensor:
+        mode = self.cfg.integrator_mode
+        if mode == "analytic":
+            return torch.full_like(mass[:, 0], self.cfg.dt)
+        if mode == "adaptive":
+            return adaptive_dt(pos, acc, self.cfg.eta)
+        inputs, self._block = self.featurizer.inputs(history, pos, vel, mass, acc)
+        return self.model.dt(inputs)
+
+    def _record(self, recording: Recording, t, pos, vel, mass, dt) -> None:
+        with ops.unchecked():
+            self._record_unchecked(recording, t, pos, vel, mass, dt)
+
+    def _record_unchecked(self, recording: Recording, t, pos, vel, mass, dt) -> None:
+        energy = ops.total_energy(pos[:1], vel[:1], mass[:1], **self.physics)
+        momentum = _norm_of(ops.linear_momentum(vel[:1], mass[:1]))
+        angular = _norm_of(ops.angular_momentum(pos[:1], vel[:1], mass[:1]))
+        recording.add(t[0].item(), pos[0].cpu(), energy.item(), momentum.item(), angular.item(), dt[0].item())
+
+
+class _DtStats:
+    """Steps taken and sum, min and max of dt per system, kept on the device: each step's dt is
+    written into a preallocated [CHUNK, B] log, reduced once per chunk (no per-step syncs)."""
+
+    def __init__(self, B: int, dtype, device) -> None:
+        self.total = torch.zeros(B, dtype=dtype, device=device)
+        self.low = torch.full((B,), math.inf, dtype=dtype, device=device)
+        self.high = torch.zeros(B, dtype=dtype, device=device)
+        self.steps = torch.zeros(B, dtype=torch.long, device=device)
+        self._log = torch.zeros(CHUNK, B, dtype=dtype, device=device)
+        self._used = 0
+
+    def log(self, dt: torch.Tensor) -> None:
+        self._log[self._used] = dt
+        self._used += 1
+        if self._used == CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._used:
+            return
+        block = self._log[: self._used]
+        moving = block > 0
+        self.total += block.sum(0)
+        self.steps += moving.sum(0)
+        self.low = torch.minimum(self.low, torch.where(moving, block, math.inf).amin(0))
+        self.high = torch.maximum(self.high, block.amax(0))
+        self._used = 0
+
+    def add_constant(self, dt: float, count: int) -> None:
+        if count:
+            self.total += dt * count
+            self.steps += count
+            self.low.clamp_(max=dt)
+            self.high.clamp_(min=dt)
+
+    def finish(self) -> dict[str, torch.Tensor]:
+        self.flush()
+        mean = self.total / self.steps.clamp_min(1)
+        nothing = self.steps == 0
+        nan = torch.full_like(mean, math.nan)
+        return {"dt_mean": torch.where(nothing, nan, mean), "dt_min": torch.where(nothing, nan, self.low),
+                "dt_max": torch.where(nothing, nan, self.high)}
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def simulation_config(cfg: Config, checkpoint: Optional[dict[str, Any]]) -> Config:
+    """cfg with the checkpoint's system settings where the user did not set them explicitly."""
+    if checkpoint is None:
+        return cfg
+    saved = checkpoint["config"]
+    values = cfg.to_dict()
+    for key in INHERITED_FROM_CHECKPOINT:
+        if key not in cfg.explicit:
+            values[key] = saved[key]
+    if "dtype" not in cfg.explicit:
+        values["dtype"] = checkpoint["dtype"]
+    return config_from_dict(values, explicit=cfg.explicit)
+
+
+def _strict(value: Any) -> Any:
+    """Python values for JSON: tensors to lists/floats, non-finite floats to None."""
+    if isinstance(value, torch.Tensor):
+        value = value.tolist()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list):
+        return [_strict(v) for v in value]
+    return value
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return not isinstance(value, float) or math.isfinite(value)
+
+
+def results_json(cfg: Config, systems: Systems, out: dict[str, Any]) -> list[dict[str, Any]]:
+    """One record per system with the SPEC.md section 7 fields; non-finite values become null."""
+    physics = cfg.physics_kwargs()
+    with ops.unchecked():  # a diverged final state is reported, not rejected
+        E0 = ops.total_energy(systems.pos, systems.vel, systems.mass, **physics)
+        E1 = ops.total_energy(out["pos"], out["vel"], systems.mass, **physics)
+        P0, P1 = ops.linear_momentum(systems.vel, systems.mass), ops.linear_momentum(out["vel"], systems.mass)
+        L0 = ops.angular_momentum(systems.pos, systems.vel, systems.mass)
+        L1 = ops.angular_momentum(out["pos"], out["vel"], systems.mass)
+    speed = systems.vel.norm(dim=-1)
+    momentum_scale = (systems.mass * speed).sum(-1)
+    angular_scale = (systems.mass * systems.pos.norm(dim=-1) * speed).sum(-1)
+    momentum_residual = (P1 - P0).norm(dim=-1) / momentum_scale
+    angular_residual = _norm_of(L1 - L0) / angular_scale
+    finite_state = torch.isfinite(out["pos"]).flatten(1).all(-1) & torch.isfinite(out["vel"]).flatten(1).all(-1)
+    records = []
+    for b in range(systems.pos.shape[0]):
+        record = {
+            "system": b, "mode": cfg.integrator_mode, "integrator": cfg.integrator,
+            "steps": int(out["steps"][b]), "t_final": out["t"][b].item(),
+            "energy_initial": E0[b].item(), "energy_final": E1[b].item(),
+            "energy_residual": ((E1[b] - E0[b]) / E0[b]).item(),
+            "momentum_initial": P0[b].tolist(), "momentum_final": P1[b].tolist(),
+            "momentum_residual": momentum_residual[b].item(),
+            "angular_momentum_initial": L0[b].tolist(), "angular_momentum_final": L1[b].tolist(),
+            "angular_momentum_residual": angular_residual[b].item(),
+            "dt_mean": out["dt"]["dt_mean"][b].item(), "dt_min": out["dt"]["dt_min"][b].item(),
+            "dt_max": out["dt"]["dt_max"][b].item(),
+            "force_evaluations": out["evaluations"], "wall_time_s": out["wall_time_s"],
+            "step_cap_reached": out["step_cap_reached"],
+        }
+        diverged = not bool(finite_state[b]) or not all(
+            _finite(record[key]) for key in ("energy_final", "energy_residual", "momentum_final",
+                                             "angular_momentum_final", "t_final"))
+        record = {key: _strict(value) for key, value in record.items()}
+        record["diverged"] = diverged
+        records.append(record)
+    return records
+
+
+def _t_end(cfg: Config, systems: Systems) -> Optional[torch.Tensor]:
+    if cfg.Nperiod is not None:
+        return cfg.Nperiod * kepler_period(systems, cfg.G).to(systems.pos)
+    if cfg.duration is not None:
+        return torch.full_like(systems.mass[:, 0], cfg.duration)
+    return None
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(text)
+    os.replace(temp, path)
+
+
+def run_simulation(cfg: Config, *, stream: Optional[TextIO] = sys.stdout) -> list[dict[str, Any]]:
+    """Simulate as configured; print one JSON line per system and write --output-json/--movie/--plot."""
+    checkpoint = None
+    if cfg.integrator_mode in ("ml", "history"):
+        if not cfg.model_path:
+            raise ConfigError(f"--integrator-mode {cfg.integrator_mode} needs --model-path CHECKPOINT")
+        checkpoint = load_checkpoint(cfg.model_path, map_location=cfg.device)
+        cfg = simulation_config(cfg, checkpoint)
+        check_system(checkpoint, cfg.num_particles, cfg.dim, cfg.model_path)
+    if cfg.movie or cfg.plot is not None:
+        from .plotting import require_matplotlib
+
+        require_matplotlib()
+    simulator = Simulator(cfg, checkpoint)
+    systems = make_systems(cfg, torch.Generator().manual_seed(cfg.seed))
+    if checkpoint is not None:
+        check_system(checkpoint, systems.pos.shape[-2], systems.pos.shape[-1], cfg.model_path)
+    t_end = _t_end(cfg, systems)
+    if t_end is not None and not bool(torch.isfinite(t_end).all()):
+        raise ConfigError("--Nperiod needs bound two-body systems; some system here is unbound")
+    recording = Recording(cfg.movie_max_frames) if (cfg.movie or cfg.plot is not None) else None
+    if recording is not None:
+        simulator._record(recording, torch.zeros(1), systems.pos, systems.vel, systems.mass, torch.zeros(1))
+    out = simulator.run(systems, t_end, recording)
+    records = results_json(cfg, systems, out)
+    lines = "".join(json.dumps(record, allow_nan=False) + "\n" for record in records)
+    if stream is not None:
+        stream.write(lines)
+        stream.flush()
+    if cfg.output_json:
+        write_text_atomic(cfg.output_json, lines)
+    if recording is not None:
+        from .plotting import write_movie, write_plot
+
+        if cfg.plot is not None:
+            write_plot(recording, cfg.plot or str(Path(cfg.movie_dir) / f"{cfg.save_name}.png"), cfg.movie_dpi)
+        if cfg.movie:
+            write_movie(recording, Path(cfg.movie_dir) / cfg.save_name, cfg.movie_fps, cfg.movie_dpi)
+    return records

@@ -1,0 +1,156 @@
+"""Part 1: walk each orbit forward by accepted steps, retraining on any state that fails the gate.
+
+Per attempt, all B orbits are judged at once with dropout off (so the gate is deterministic):
+orbits whose n_steps-step move keeps r = |E1 - E0|/|E0| below the threshold advance; the others
+stay where they are and the network takes one Adam step on their mean band loss (through the
+gate's own graph when the network has no dropout, else through a training-mode forward with
+dropout on), then the gate runs again on the same states. The one host sync per attempt is the accept
+decision. An orbit that reaches --max-retrain-steps either stops the run (RetrainCapReached)
+or, with --on-retrain-cap halve, halves its dt until the step passes.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+import torch
+
+from .. import ops
+from .replay import Samples
+from .state import Attempt, Trainer
+
+MAX_HALVINGS = 200  # 2^-200 of any dt is below every float64 step that still moves a state
+
+
+class RetrainCapReached(Exception):
+    """An orbit failed the gate after --max-retrain-steps optimizer steps on one state."""
+
+    def __init__(self, orbit: int, step: int, r: float, dt: float, retries: int) -> None:
+        super().__init__(
+            f"orbit {orbit}: state at accepted step {step} still fails the energy gate after {retries} "
+            f"retrain steps (r = {r:.3e}, dt = {dt:.3e}); raise --max-retrain-steps, loosen "
+            "--energy-threshold, or pass --on-retrain-cap halve")
+        self.orbit, self.step, self.r, self.dt = orbit, step, r, dt
+
+
+@dataclass
+class Part1Result:
+    accepted: int = 0
+    attempts: int = 0
+    retrain_steps: int = 0
+    halvings: int = 0
+    gate_passes: int = 0  # orbit-attempts that passed the gate
+    gate_trials: int = 0  # orbit-attempts judged
+    step_records: list = field(default_factory=list)  # one metrics dict per accepted step
+
+    @property
+    def pass_rate(self) -> float:
+        return self.gate_passes / self.gate_trials if self.gate_trials else 0.0
+
+
+def collect(trainer: Trainer, epoch: int, steps_done: list[int], retries: list[int]) -> Part1Result:
+    """Collect --steps-per-epoch accepted steps per orbit. steps_done[b] (accepted steps so far)
+    and retries[b] (optimizer steps on b's current state) persist across epochs and resumes."""
+    cfg, o = trainer.cfg, trainer.orbits
+    needed = [cfg.steps_per_epoch] * o.count
+    result = Part1Result()
+    if o.inputs is None:
+        trainer.refresh_inputs()
+    while any(needed):
+        active = [b for b in range(o.count) if needed[b]]
+        with torch.set_grad_enabled(trainer.gate_gives_gradient):
+            gate = trainer.attempt(o.inputs, o.pos, o.vel, o.mass, o.energy, train=False)
+        # The one host sync per attempt: r and dt of every orbit, for the decision and the metrics.
+        r_host, dt_host = torch.stack([gate.r, gate.dt]).tolist()
+        passed = [r < cfg.energy_threshold for r in r_host]
+        result.attempts += 1
+        accept = [b for b in active if passed[b]]
+        failing = [b for b in active if not passed[b]]
+        result.gate_trials += len(active)
+        result.gate_passes += len(accept)
+        if cfg.debug:
+            print(f"[debug] epoch {epoch} attempt {result.attempts}: dt {dt_host} r {r_host} pass {passed}",
+                  file=sys.stderr)
+
+        capped = [b for b in failing if cfg.max_retrain_steps and retries[b] >= cfg.max_retrain_steps]
+        if capped and cfg.on_retrain_cap == "stop":
+            b = capped[0]
+            raise RetrainCapReached(b, steps_done[b], r_host[b], dt_host[b], retries[b])
+        failing = [b for b in failing if b not in capped]
+        if failing:  # before any state moves: the gate's graph refers to the current states
+            _retrain(trainer, gate, failing)
+            result.retrain_steps += 1
+            for b in failing:
+                retries[b] += 1
+        if capped:
+            gate = _halve_until_pass(trainer, gate, capped, result)
+            r_host, dt_host = torch.stack([gate.r, gate.dt]).tolist()
+            accept += capped
+        if accept:
+            with torch.no_grad():
+                _accept(trainer, gate, sorted(accept), epoch, steps_done, retries, result, r_host, dt_host)
+            for b in accept:
+                needed[b] -= 1
+    return result
+
+
+def _retrain(trainer: Trainer, gate: Attempt, failing: list[int]) -> None:
+    """One Adam step on the mean band loss of the failing orbits (their states have not moved)."""
+    o = trainer.orbits
+    index = slice(None) if len(failing) == o.count else torch.tensor(failing, device=o.pos.device)
+    if trainer.gate_gives_gradient:
+        r = gate.r[index]
+    else:  # dropout on for the gradient: a training-mode forward of the same states
+        r = trainer.attempt(o.inputs[index], o.pos[index], o.vel[index], o.mass[index], o.energy[index],
+                            train=True).r
+    trainer.optimize(r)
+
+
+def _halve_until_pass(trainer: Trainer, gate: Attempt, capped: list[int], result: Part1Result) -> Attempt:
+    """Halve the gate's dt of the capped orbits until each passes; the others keep their values."""
+    o, cfg = trainer.orbits, trainer.cfg
+    dt = gate.dt.detach().clone()
+    pending = list(capped)
+    merged = Attempt(*(t.detach().clone() for t in (gate.dt, gate.r, gate.pos, gate.vel, gate.energy)))
+    with torch.no_grad():
+        for _ in range(MAX_HALVINGS):
+            index = torch.tensor(pending, device=dt.device)
+            dt[index] = dt[index] / 2
+            result.halvings += 1
+            trial = trainer.advance(o.pos, o.vel, o.mass, o.energy, dt)
+            ok = (trial.r[index] < cfg.energy_threshold).tolist()
+            done = [b for b, good in zip(pending, ok) if good]
+            if done:
+                rows = torch.tensor(done, device=dt.device)
+                for name in ("dt", "r", "pos", "vel", "energy"):
+                    getattr(merged, name)[rows] = getattr(trial, name)[rows]
+            pending = [b for b, good in zip(pending, ok) if not good]
+            if not pending:
+                return merged
+    b = pending[0]
+    raise RetrainCapReached(b, -1, trial.r[b].item(), dt[b].item(), cfg.max_retrain_steps)
+
+
+def _accept(trainer: Trainer, gate: Attempt, rows: list[int], epoch: int, steps_done: list[int],
+            retries: list[int], result: Part1Result, r_host: list[float], dt_host: list[float]) -> None:
+    """Move the accepted orbits on: keep warm samples for Part 2, push history, update states."""
+    o = trainer.orbits
+    everyone = len(rows) == o.count
+    index = slice(None) if everyone else torch.tensor(rows, device=o.pos.device)
+    keep = [b for b in rows if o.history.warm(b)]  # warmup: windows with padding are not kept
+    if keep:
+        k = torch.tensor(keep, device=o.pos.device)
+        trainer.replay.append(Samples(o.inputs[k], o.pos[k], o.vel[k], o.mass[k], o.energy[k], gate.dt[k]))
+    o.history.push(None if everyone else rows, o.block, o.pos, o.vel, o.acc, gate.dt)
+    o.pos[index] = gate.pos[index]
+    o.vel[index] = gate.vel[index]
+    o.energy[index] = gate.energy[index]
+    with ops.unchecked():  # an accepted state has finite energy, hence finite positions
+        o.acc[index] = trainer.acceleration(o.pos[index], o.mass[index])
+    trainer.refresh_inputs()
+    for b in rows:
+        result.step_records.append({"epoch": epoch, "orbit": b, "step": steps_done[b], "dt": dt_host[b], "r": r_host[b],
+                                    "retrain_steps": retries[b], "kept": b in keep})
+        steps_done[b] += 1
+        retries[b] = 0
+        result.accepted += 1

@@ -1,0 +1,64 @@
+"""Part 2: replay the collected trajectory in minibatches so the network generalizes along it.
+
+Each iteration draws --replay-batch-size samples uniformly without replacement (from the
+trainer's own seeded generator), judges them all in ONE batched gate evaluation (dropout off),
+each from its own stored network input, i.e. with the history window it had when it was
+collected. If every sample passes, Part 2 has converged; otherwise one Adam step on the mean
+band loss of the failing samples (dropout on). Accepted data is never re-verified in Part 1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .replay import Samples
+from .state import Attempt, Trainer
+
+
+@dataclass
+class Part2Result:
+    skipped: bool = False
+    converged: bool = False
+    iterations: int = 0
+    pass_rate: Optional[float] = None  # of the last minibatch judged
+
+    @property
+    def status(self) -> str:
+        return "skipped" if self.skipped else ("converged" if self.converged else "not converged")
+
+
+def evaluate(trainer: Trainer, samples: Samples, train: bool = False) -> Attempt:
+    """Re-evaluate stored samples in one batched call: dt from each sample's own input, n_steps
+    from its own state, r against its own energy."""
+    return trainer.attempt(samples.inputs, samples.pos, samples.vel, samples.mass, samples.energy, train=train)
+
+
+def replay(trainer: Trainer) -> Part2Result:
+    cfg = trainer.cfg
+    size = len(trainer.replay)
+    if size < max(cfg.min_replay_size, 1) or cfg.replay_steps == 0:
+        return Part2Result(skipped=True)
+    result = Part2Result()
+    batch = min(cfg.replay_batch_size, size)
+    device = trainer.orbits.pos.device
+    for _ in range(cfg.replay_steps):
+        index = torch.randperm(size, generator=trainer.sampler)[:batch].to(device)
+        samples = trainer.replay.take(index)
+        with torch.set_grad_enabled(trainer.gate_gives_gradient):
+            gate = evaluate(trainer, samples)
+        failing = (gate.r >= cfg.energy_threshold).nonzero().squeeze(1)
+        fail_count = failing.numel()  # the one host sync per iteration
+        result.iterations += 1
+        result.pass_rate = 1.0 - fail_count / batch
+        if fail_count == 0:
+            result.converged = True
+            break
+        if trainer.gate_gives_gradient:  # no dropout: the gate's graph is the training graph
+            trainer.optimize(gate.r[failing])
+        else:
+            failed = Samples(*(t[failing] for t in (samples.inputs, samples.pos, samples.vel, samples.mass,
+                                                    samples.energy, samples.dt)))
+            trainer.optimize(evaluate(trainer, failed, train=True).r)
+    return result

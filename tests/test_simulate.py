@@ -1,0 +1,116 @@
+"""Simulation: the four modes, batching, step caps, strict JSON and checkpoint restoration."""
+import io
+import json
+import math
+
+import pytest
+import torch
+
+from _product import BACKEND, tiny_config
+from aitimestepper import ops
+from aitimestepper.config import build_config
+from aitimestepper.errors import CheckpointError, ConfigError
+from aitimestepper.initial_conditions import make_systems
+from aitimestepper.simulate import adaptive_dt, results_json, run_simulation
+from aitimestepper.training import run_training
+
+
+def sim_config(tmp_path, **changes):
+    return build_config("simulate", None, {"backend": BACKEND, "output_dir": str(tmp_path / "data"),
+                                           "e_min": 0.3, "e_max": 0.3, **changes})
+
+
+def run_json(cfg):
+    stream = io.StringIO()
+    records = run_simulation(cfg, stream=stream)
+    parsed = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert parsed == records
+    return records
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    plain = run_training(tiny_config(root, epochs=1, save_name="plain"), progress=False).checkpoint
+    history = run_training(tiny_config(root, epochs=1, save_name="hist", history_len=2, normalize_inputs=True),
+                           progress=False).checkpoint
+    return {"plain": plain, "history": history}
+
+
+def test_analytic_equals_ops_step_and_counts_evaluations(tmp_path):
+    cfg = sim_config(tmp_path, integrator_mode="analytic", dt=1e-3, steps=50, num_orbits=2)
+    records = run_json(cfg)
+    systems = make_systems(cfg, torch.Generator().manual_seed(cfg.seed))
+    pos, vel = ops.step(systems.pos, systems.vel, systems.mass, 1e-3, steps=50, backend=BACKEND)
+    energy = ops.total_energy(pos, vel, systems.mass, backend=BACKEND)
+    assert [r["energy_final"] for r in records] == pytest.approx(energy.tolist(), rel=1e-12)
+    assert records[0]["steps"] == 50 and records[0]["t_final"] == pytest.approx(0.05)
+    assert records[0]["force_evaluations"] == 51 and not records[0]["diverged"]
+    assert records[0]["dt_min"] == records[0]["dt_max"] == 1e-3
+
+
+def test_duration_lands_on_t_end_with_one_evaluation_per_step(tmp_path):
+    records = run_json(sim_config(tmp_path, integrator_mode="adaptive", duration=0.3, eta=0.05))
+    assert records[0]["t_final"] == pytest.approx(0.3, rel=1e-12)
+    assert records[0]["dt_max"] <= 0.3 and records[0]["energy_residual"] == pytest.approx(0, abs=1e-3)
+
+
+def test_nperiod_and_step_cap(tmp_path):
+    records = run_json(sim_config(tmp_path, integrator_mode="analytic", Nperiod=1.0, dt=0.01))
+    period = 2 * math.pi * math.sqrt(1 / 2)  # a = 1, two unit masses
+    assert records[0]["t_final"] == pytest.approx(period, rel=1e-12)
+    capped = run_json(sim_config(tmp_path, integrator_mode="analytic", Nperiod=1.0, dt=0.01, step_cap=20))
+    assert capped[0]["step_cap_reached"] and capped[0]["steps"] == 20
+
+
+def test_adaptive_dt_formula():
+    pos = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [3.0, 0.0]]], dtype=torch.float64)
+    acc = torch.tensor([[[4.0, 0.0], [1.0, 0.0], [0.25, 0.0]]], dtype=torch.float64)
+    # d = (1, 1, 2), |a| = (4, 1, 1/4): sqrt(d/|a|) = (0.5, 1, 2.83); eta * min = 0.05.
+    assert adaptive_dt(pos, acc, 0.1).item() == pytest.approx(0.05)
+
+
+def test_ml_mode_uses_the_checkpoint(checkpoints, tmp_path):
+    # hidden_dims here differ from the checkpoint's: the saved architecture must win.
+    cfg = sim_config(tmp_path, integrator_mode="ml", model_path=checkpoints["plain"], steps=20, num_orbits=3)
+    records = run_json(cfg)
+    assert len(records) == 3 and all(r["steps"] == 20 and r["force_evaluations"] == 21 for r in records)
+    assert all(r["dt_min"] > 0 for r in records)
+
+
+def test_history_mode_and_mode_mismatch(checkpoints, tmp_path):
+    records = run_json(sim_config(tmp_path, integrator_mode="history", model_path=checkpoints["history"], steps=10))
+    assert records[0]["steps"] == 10 and not records[0]["diverged"]
+    with pytest.raises(ConfigError, match="history"):
+        run_simulation(sim_config(tmp_path, integrator_mode="ml", model_path=checkpoints["history"]), stream=None)
+    with pytest.raises(ConfigError, match="history_len"):
+        run_simulation(sim_config(tmp_path, integrator_mode="history", model_path=checkpoints["plain"]), stream=None)
+
+
+def test_checkpoint_errors(checkpoints, tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        run_simulation(sim_config(tmp_path, model_path=str(tmp_path / "nope.pt")), stream=None)
+    with pytest.raises(CheckpointError, match="N = 2"):
+        run_simulation(sim_config(tmp_path, model_path=checkpoints["plain"], num_particles=3), stream=None)
+    with pytest.raises(ConfigError, match="model-path"):
+        run_simulation(sim_config(tmp_path, integrator_mode="ml"), stream=None)
+
+
+def test_diverged_run_gives_null_and_flag(tmp_path):
+    cfg = sim_config(tmp_path, integrator_mode="analytic", steps=3)
+    systems = make_systems(cfg, torch.Generator().manual_seed(0))
+    nan = torch.full_like(systems.pos, float("nan"))
+    out = {"pos": nan, "vel": nan, "t": torch.ones(1, dtype=torch.float64), "steps": torch.ones(1, dtype=torch.long),
+           "dt": {k: torch.ones(1, dtype=torch.float64) for k in ("dt_mean", "dt_min", "dt_max")},
+           "evaluations": 2, "wall_time_s": 0.0, "step_cap_reached": False}
+    record = results_json(cfg, systems, out)[0]
+    text = json.dumps(record, allow_nan=False)
+    parsed = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+    assert parsed["diverged"] is True and parsed["energy_final"] is None and parsed["momentum_final"] == [None, None]
+    assert "NaN" not in text
+
+
+def test_output_json_file(tmp_path):
+    path = tmp_path / "out" / "sim.jsonl"
+    records = run_json(sim_config(tmp_path, integrator_mode="analytic", steps=5, output_json=str(path)))
+    assert [json.loads(line) for line in path.read_text().splitlines()] == records
