@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# One device call on the lent GPU machine: build from source, run the GPU tests, the CUDA
+# self-test and the GPU kernel benchmark; logs and results under $OUT; the targets table last.
+#
+#   on the device machine (run from the repository root):   bash bench/gpu_check.sh
+#   here, without a GPU (dry check: build a wheel into a temp dir, run the GPU benchmark's code
+#   on the CPU at tiny sizes, exit 0):                         bash bench/gpu_check.sh
+#
+# Each phase runs under `timeout`, sized from what is left of TOTAL_BUDGET_S, so the whole
+# script ends inside one device call (the device tool allows 10 minutes; keep this under 8).
+# It only reads the GPU's state (nvidia-smi -L / --query-gpu); it never changes a setting.
+#
+# Environment: OUT (results folder; a temp folder if unset), PYTHON (default python3),
+# AITS_GPU_CHECK_BUDGET (seconds, default 450), AITS_SKIP_BUILD=1 (no-GPU mode: skip the
+# build check), AITS_BENCH_ARGS (extra arguments for the benchmark, e.g. "--quick").
+
+set -u -o pipefail
+
+# The GPU test subset: edit here when the tests' markers or keywords change.
+TEST_SELECTION=(-k "cuda or triton")
+
+TOTAL_BUDGET_S=${AITS_GPU_CHECK_BUDGET:-450}
+PYTHON=${PYTHON:-python3}
+OUT=${OUT:-$(mktemp -d /tmp/gpu_check.XXXXXX)}
+mkdir -p "$OUT"
+cd "$(dirname "$0")/.." || exit 1
+export PYTHONUNBUFFERED=1 PIP_ROOT_USER_ACTION=ignore  # root on the device machine; old pips ignore it
+
+exec > >(tee -a "$OUT/gpu_check.log") 2>&1
+
+START=$SECONDS
+declare -a SUMMARY=()
+FAILED=0
+
+remaining() { echo $((TOTAL_BUDGET_S - (SECONDS - START))); }
+
+# limit CAP RESERVE: at most CAP seconds, leaving RESERVE seconds for the phases after this one.
+limit() {
+  local left=$(($(remaining) - $2))
+  if ((left > $1)); then left=$1; fi
+  if ((left < 10)); then left=10; fi
+  echo "$left"
+}
+
+# phase NAME SECONDS COMMAND...: run under timeout, tee to $OUT/NAME.log, record rc and time.
+phase() {
+  local name=$1 seconds=$2
+  shift 2
+  echo
+  echo "=== $name (limit ${seconds}s, $(remaining)s left of ${TOTAL_BUDGET_S}s) ==="
+  local t0=$SECONDS
+  timeout -k 10 "$seconds" "$@" 2>&1 | tee "$OUT/$name.log"
+  local rc=${PIPESTATUS[0]}
+  local note=""
+  if ((rc == 124 || rc == 137)); then note=" (timed out)"; fi
+  SUMMARY+=("$(printf '%-9s rc=%-3s %4ss%s' "$name" "$rc" $((SECONDS - t0)) "$note")")
+  return "$rc"
+}
+
+summary() {
+  echo
+  echo "=== summary ($((SECONDS - START))s) ==="
+  printf '%s\n' "${SUMMARY[@]}"
+}
+
+# Provenance for the results: the device machine gets a copy of the tree, maybe without .git.
+AITS_BENCH_COMMIT=${AITS_BENCH_COMMIT:-$(git --no-optional-locks rev-parse HEAD 2>/dev/null || echo unknown)}
+AITS_BENCH_SOURCE_DIGEST=$(find csrc python CMakeLists.txt pyproject.toml -type f \
+  \( -name '*.py' -o -name '*.cu' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.h' -o -name '*.txt' -o -name '*.toml' \) \
+  -not -path '*/__pycache__/*' 2>/dev/null | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16)
+export AITS_BENCH_COMMIT AITS_BENCH_SOURCE_DIGEST
+
+echo "=== environment ==="
+date -u +%Y-%m-%dT%H:%M:%SZ
+echo "commit $AITS_BENCH_COMMIT  source digest $AITS_BENCH_SOURCE_DIGEST  OUT=$OUT"
+GPU=0
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L; then
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,power.limit,temperature.gpu,utilization.gpu --format=csv
+  if timeout 60 "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.device_count() > 0 else 1)"; then
+    GPU=1
+  fi
+fi
+"$PYTHON" -c "import sys, torch; print('python', sys.version.split()[0], '| torch', torch.__version__, '| cuda', torch.version.cuda)"
+"$PYTHON" -c "import triton; print('triton', triton.__version__)" 2>/dev/null || echo "triton: not importable"
+command -v nvcc >/dev/null && nvcc --version | tail -1
+
+print_build_info() {
+  "$PYTHON" -c "import json, aitimestepper; print(json.dumps(aitimestepper.build_info(), indent=1, default=str))"
+}
+
+if ((GPU == 0)); then
+  echo
+  echo "no GPU: dry check only (build a wheel into a temp folder, run the GPU benchmark's code on the CPU)"
+  # Without an install, use the source tree's python/ (the compiled module may then be missing).
+  "$PYTHON" -c "import aitimestepper" 2>/dev/null || export PYTHONPATH="$PWD/python${PYTHONPATH:+:$PYTHONPATH}"
+  if [[ "${AITS_SKIP_BUILD:-0}" != 1 ]]; then
+    # A wheel into a temp folder with its own build dir: it installs nothing and leaves the
+    # tree's build/ (the editable install's cache) alone.
+    TMP_BUILD=$(mktemp -d /tmp/gpu_check_build.XXXXXX)
+    if ! phase build "$(limit 300 60)" "$PYTHON" -m pip wheel --no-build-isolation --no-deps --no-index \
+      -w "$TMP_BUILD/wheel" -Cbuild-dir="$TMP_BUILD/build" .; then
+      summary
+      echo "build check FAILED"
+      exit 1
+    fi
+    ls -l "$TMP_BUILD/wheel"
+    rm -rf "$TMP_BUILD"
+  fi
+  print_build_info || echo "(aitimestepper not importable here)"
+  phase bench-dry "$(limit 240 10)" env TRITON_INTERPRET=1 "$PYTHON" bench/bench_kernels.py \
+    --dry-run --out "$OUT" ${AITS_BENCH_ARGS:-} || echo "dry benchmark failed"
+  summary
+  echo "no GPU: dry check done; results under $OUT"
+  exit 0
+fi
+
+# 1. build and install from source (no network on the device machine)
+if ! phase build "$(limit 200 240)" "$PYTHON" -m pip install --no-build-isolation --no-deps --no-index .; then
+  summary
+  echo "BUILD FAILED: nothing to test or time"
+  exit 1
+fi
+echo
+echo "=== build_info ==="
+print_build_info || FAILED=1
+
+# 2. the GPU test subset (pytest exits 5 when the selection collects nothing);
+#    AITS_SKIP_TESTS=1 / AITS_SKIP_SELFTEST=1 leave the device time to the benchmark.
+rc=0
+[[ "${AITS_SKIP_TESTS:-0}" == 1 ]] || phase tests "$(limit 150 190)" "$PYTHON" -m pytest -x -q tests "${TEST_SELECTION[@]}" -p no:cacheprovider
+rc=$?
+if ((rc == 5)); then
+  echo "WARNING: the test selection (${TEST_SELECTION[*]}) collected no tests"
+elif ((rc != 0)); then
+  FAILED=1
+fi
+
+# 3. the CUDA self-test, where the CUDA engineer has written one
+if [[ -f bench/cuda_selftest.py && "${AITS_SKIP_SELFTEST:-0}" != 1 ]]; then
+  phase selftest "$(limit 60 170)" "$PYTHON" bench/cuda_selftest.py || FAILED=1
+fi
+
+# 4. the GPU kernel benchmark; it stops its own cases in time (--budget), the timeout is a backstop
+BENCH_LIMIT=$(limit 330 15)
+phase bench "$BENCH_LIMIT" "$PYTHON" bench/bench_kernels.py --suite gpu --out "$OUT" \
+  --budget $((BENCH_LIMIT - 25)) ${AITS_BENCH_ARGS:-} || FAILED=1
+
+summary
+echo
+if [[ -f "$OUT/kernels-table.txt" ]]; then
+  head -2 "$OUT/kernels-table.txt"
+  sed -n '/^target /,$p' "$OUT/kernels-table.txt"
+else
+  echo "no benchmark table (see $OUT/bench.log)"
+fi
+exit "$FAILED"

@@ -1,0 +1,76 @@
+"""The benchmark harness records what it measured: structure and bookkeeping, never speed."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from aitimestepper.bench import harness as h
+from aitimestepper.bench import kernels
+
+
+def test_measure_counts_calls_and_orders_quantiles():
+    calls = []
+    timing = h.measure(lambda: calls.append(1), warmup=2, repeats=5, budget_s=1.0, repeat_s=1e-4)
+    assert timing.repeats == 5
+    assert len(calls) == 2 + 5 * timing.calls_per_repeat
+    assert timing.min_s <= timing.q1_s <= timing.median_s <= timing.q3_s <= timing.max_s
+    assert timing.method == "perf_counter"
+
+
+def test_measure_with_setup_passes_its_result_untimed():
+    seen = []
+    timing = h.measure(seen.append, setup=lambda: len(seen), warmup=1, repeats=3, budget_s=1.0)
+    assert timing.calls_per_repeat == 1
+    assert seen == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "direction, threshold, achieved, status",
+    [(">=", 2.0, 3.0, "PASS"), (">=", 2.0, 1.0, "MISS"), ("<=", 3.0, 2.0, "PASS"), ("<=", 3.0, 4.0, "MISS"),
+     (">=", 2.0, None, "N/A"), (">=", None, 1.0, "N/A")],
+)
+def test_target_status_and_ratio(direction, threshold, achieved, status):
+    result = h.Target("t", direction, threshold).evaluate(achieved)
+    assert result["status"] == status
+    if status != "N/A":
+        assert result["ratio"] == pytest.approx(achieved / threshold)
+
+
+def test_result_log_round_trip_with_provenance(tmp_path):
+    path = tmp_path / "sub" / "r.jsonl"
+    log = h.ResultLog(path, suite="unit")
+    timing = h.measure(lambda: None, warmup=1, repeats=3, budget_s=0.5)
+    log.append(case="noop", backend="reference", params={"N": 2}, timing=timing,
+               metrics={"calls_per_s": float("inf")}, primary="calls_per_s")
+    log.append_target(h.Target("goal", ">=", 1.0).evaluate(2.0))
+    other = h.ResultLog(path, suite="unit")
+    other.append(case="other")
+    rows = h.read_rows(path, log.run_id)
+    assert [r["case"] for r in rows] == ["noop", "target"]
+    assert rows[0]["metrics"]["calls_per_s"] is None  # strict JSON: inf becomes null
+    for key in ("device_name", "commit", "versions", "threads", "timestamp"):
+        assert key in rows[0]["provenance"]
+    for line in path.read_text().splitlines():
+        json.loads(line)
+    table = h.format_table(rows[:1], h.DEFAULT_COLUMNS)
+    assert "noop" in table and "reference" in table
+
+
+def test_rotation_makes_distinct_copies_and_cycles():
+    rotation = h.Rotation(lambda i: i, set_bytes=1, device="cpu", max_sets=4)
+    assert rotation.count == 4
+    assert [rotation.next() for _ in range(6)] == [0, 1, 2, 3, 0, 1]
+    assert h.Rotation(lambda i: i, set_bytes=2**40, device="cpu").count == 1
+
+
+def test_plans_name_the_target_sizes():
+    cpu = kernels.cpu_plan(1, quick=False, rebound=True)
+    assert any(c.kind == "step" and c.N == 3 and c.B == 4096 and c.dtype == "float64" for c in cpu)
+    assert any(c.kind == "rebound" and c.N == 64 for c in cpu)
+    two = kernels.cpu_plan(2, quick=False, rebound=True)
+    assert any(c.kind == "acceleration" and c.N == 4096 and c.backend == "cpu" for c in two)
+    gpu = kernels.gpu_plan(quick=False, dry=False)
+    assert {c.N for c in gpu if c.kind == "acceleration" and c.backend == "cuda"} == {131072, 262144}
+    assert any(c.kind == "step" and c.N == 4 and c.B == 2**20 and c.steps == 100 for c in gpu)
+    assert all(c.N <= 16384 for c in gpu if c.kind == "acceleration" and c.backend == "reference")
