@@ -16,8 +16,11 @@
 
 set -u -o pipefail
 
-# The GPU test subset: edit here when the tests' markers or keywords change.
+# The GPU test subset: edit here when the tests' markers or keywords change. Triton compiles
+# each fused variant for seconds on first use (CPU-bound), so the tests spread over processes
+# with pytest-xdist where it is installed (it is on the lent GPU image).
 TEST_SELECTION=(-k "cuda or triton")
+TEST_WORKERS=${AITS_TEST_WORKERS:-8}
 
 TOTAL_BUDGET_S=${AITS_GPU_CHECK_BUDGET:-450}
 PYTHON=${PYTHON:-python3}
@@ -127,7 +130,8 @@ print_build_info || FAILED=1
 # 2. the GPU test subset (pytest exits 5 when the selection collects nothing);
 #    AITS_SKIP_TESTS=1 / AITS_SKIP_SELFTEST=1 leave the device time to the benchmark.
 rc=0
-[[ "${AITS_SKIP_TESTS:-0}" == 1 ]] || phase tests "$(limit 150 190)" "$PYTHON" -m pytest -x -q tests "${TEST_SELECTION[@]}" -p no:cacheprovider
+[[ "${AITS_SKIP_TESTS:-0}" == 1 ]] || phase tests "$(limit 150 190)" "$PYTHON" -m pytest -q tests "${TEST_SELECTION[@]}" -p no:cacheprovider \
+  $("$PYTHON" -c "import xdist" 2>/dev/null && echo "-n $TEST_WORKERS")
 rc=$?
 if ((rc == 5)); then
   echo "WARNING: the test selection (${TEST_SELECTION[*]}) collected no tests"

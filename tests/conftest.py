@@ -7,10 +7,12 @@ tolerance is a policy (STYLE.md), stated once here in `allowed_error`:
   (||out - ref|| / ||ref||);
 - a float32 backend's norm-wise error is at most FLOAT32_FACTOR = 2 times the error of the
   reference itself run in float32 on the same inputs (computed in each test), plus a floor of
-  FLOAT32_FLOOR = one float32 ulp (2^-23 ~ 1.2e-7) relative. The floor exists because the
-  float32 reference can be lucky: for two bodies its error can be a fraction of an ulp, and a
-  correct kernel that rounds differently (a fused multiply-add, an approximate rsqrt) must not
-  fail for that. It is far below any real bug, which shows as 1e-4 or more.
+  FLOAT32_FLOOR = four float32 ulp (4 * 2^-23 ~ 4.8e-7) relative. The floor exists because the
+  float32 reference can be lucky: for two or three bodies its error can be a fraction of an
+  ulp, and a correct kernel that rounds differently must not fail for that. The GPU kernels use
+  the hardware rsqrt (MUFU.RSQ, about 2 ulp), cubed in 1/s^3: on an H200 the Triton kernel
+  measured 2.9e-7 at N = 3 where the float32 reference had 5e-8, so one ulp was too tight a
+  floor. Four ulp is still far below any real bug, which shows as 1e-4 or more.
 
 Backends: "reference" always runs; "cpu" needs the compiled module `aitimestepper._core`;
 "cuda" needs a GPU and a CUDA build; "triton" needs a GPU or the Triton interpreter. On a
@@ -43,7 +45,7 @@ DTYPES = (torch.float32, torch.float64)
 
 FLOAT64_RTOL = 1e-12
 FLOAT32_FACTOR = 2.0
-FLOAT32_FLOOR = torch.finfo(torch.float32).eps
+FLOAT32_FLOOR = 4 * torch.finfo(torch.float32).eps
 
 # The Triton interpreter costs milliseconds of NumPy per program and tile (a tenth of a second
 # or more per call): cap the bodies per call it is given, and run its float32 / variant grids
