@@ -39,8 +39,24 @@ struct Physics {
                      void* out_grad_pos, void* out_grad_vel, void* out_grad_dt, Shape shape,      \
                      int64_t steps, int integrator, const Physics& physics EXTRA_ARG);
 
+// Which value check of ops/validate.py failed first (Ok when none did); values are part of the
+// Python contract (validate.py maps them to messages).
+enum class ValueCheck : int {
+  Ok = 0,
+  PositionNotFinite = 1,
+  VelocityNotFinite = 2,
+  MassNotFinite = 3,
+  MassNotPositive = 4,
+  DtNotFinite = 5,
+  DtNegative = 6,
+  CoincidentBodies = 7,
+};
+
 namespace cpu {
 AITS_KERNEL_DECLARATIONS()
+// vel and dt may be null (not part of the op); the coincident-bodies scan is O(B N^2).
+ValueCheck check_values(bool double_precision, const void* pos, const void* vel, const void* mass,
+                        const void* dt, Shape shape, bool check_coincident);
 }  // namespace cpu
 
 #define AITS_STREAM_ARG , void* stream

@@ -23,6 +23,7 @@ import torch
 from ..errors import InputError, InputTypeError
 from ..physics.field import TidalField
 from ..physics.integrators import INTEGRATORS
+from .backends import _core
 
 FLOAT_DTYPES = (torch.float32, torch.float64)
 BACKEND_NAMES = ("auto", "reference", "cpu", "cuda", "triton")
@@ -199,20 +200,7 @@ def prepare(
 
     physics = physics_tuple(G, softening, field, D)
 
-    if value_checks_enabled():
-        for name, t in tensors.items():
-            _require_finite(name, t)
-        if not bool((mass > 0).all()):
-            raise InputError(f"mass must be positive, got min {mass.min().item():g} ({_describe(mass)})")
-        if dt_tensor is not None and "dt" in tensors and not bool((dt_tensor >= 0).all()):
-            raise InputError(f"dt must be >= 0, got min {dt_tensor.min().item():g}")
-        if forces and physics[1] == 0.0 and B > 0 and _has_coincident_bodies(pos.detach().reshape(B, N, D)):
-            raise InputError(
-                "two bodies of one system share a position and softening is 0: their force is "
-                "infinite; separate them or pass softening > 0"
-            )
-
-    return Batch(
+    batch = Batch(
         pos=pos.reshape(B, N, D).contiguous(),
         mass=mass.reshape(B, N).contiguous(),
         vel=tensors["vel"].reshape(B, N, D).contiguous() if need_vel else None,
@@ -220,6 +208,59 @@ def prepare(
         batch_shape=batch_shape,
         physics=physics,
     )
+    if value_checks_enabled() and B > 0:
+        check_coincident = forces and physics[1] == 0.0
+        # One compiled pass answers "all fine" for CPU inputs; the torch reductions below then
+        # run only to explain a failure (and for GPU tensors, and for large-N coincidences).
+        if batch.pos.device.type == "cpu" and _has_compiled_check:
+            failed = _compiled_value_check(batch, check_coincident)
+            if failed:
+                _check_values(batch, tensors, check_coincident)
+                raise InputError(f"an input failed value check {failed} (see csrc/kernels.h ValueCheck)")
+            if check_coincident and N > _COMPILED_COINCIDENT_MAX_N and _has_coincident_bodies(batch.pos.detach()):
+                _raise_coincident()
+        else:
+            _check_values(batch, tensors, check_coincident)
+    return batch
+
+
+# The compiled scan for coincident bodies is O(B N^2); above this N the sort-based torch check
+# (O(B N log(B N))) is cheaper.
+_COMPILED_COINCIDENT_MAX_N = 256
+_has_compiled_check = _core is not None and hasattr(_core, "cpu_check_values")
+
+
+def _compiled_value_check(batch: Batch, check_coincident: bool) -> int:
+    """0 when every value check passes, else the number of the first that failed."""
+    B, N, D = batch.pos.shape
+    return _core.cpu_check_values(
+        batch.pos.data_ptr(),
+        batch.vel.data_ptr() if batch.vel is not None else 0,
+        batch.mass.data_ptr(),
+        batch.dt.data_ptr() if batch.dt is not None else 0,
+        B, N, D,
+        check_coincident and N <= _COMPILED_COINCIDENT_MAX_N,
+        batch.pos.dtype == torch.float64,
+    )
+
+
+def _raise_coincident() -> None:
+    raise InputError(
+        "two bodies of one system share a position and softening is 0: their force is "
+        "infinite; separate them or pass softening > 0"
+    )
+
+
+def _check_values(batch: Batch, tensors: dict[str, torch.Tensor], check_coincident: bool) -> None:
+    """The value checks with torch reductions, raising with a message that shows what arrived."""
+    for name, t in tensors.items():
+        _require_finite(name, t)
+    if not bool((batch.mass > 0).all()):
+        raise InputError(f"mass must be positive, got min {batch.mass.min().item():g} ({_describe(tensors['mass'])})")
+    if batch.dt is not None and not bool((batch.dt >= 0).all()):
+        raise InputError(f"dt must be >= 0, got min {batch.dt.min().item():g}")
+    if check_coincident and _has_coincident_bodies(batch.pos.detach()):
+        _raise_coincident()
 
 
 def check_mass_not_differentiated(mass: torch.Tensor, backend: str) -> None:

@@ -1,0 +1,332 @@
+// pybind11 bindings of aitimestepper._core: the kernels of docs/kernel-contract.md as
+// cpu_* (and, when compiled with CUDA, cuda_*) functions taking raw pointers (Python ints from
+// tensor.data_ptr()), sizes and a physics tuple, plus cpu_check_values (the value checks of
+// ops/validate.py in one compiled pass), build_info() and cuda_device_count().
+//
+// Tensor validation (dtype, device, shape, contiguity, finiteness) is the Python layer's job and
+// happens once there; these wrappers only refuse arguments that would make a kernel index out of
+// bounds (bad D or sizes, unknown integrator, null pointers), then drop the GIL for the kernel.
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "kernels.h"
+
+namespace py = pybind11;
+
+namespace {
+
+#ifndef AITS_VERSION
+#define AITS_VERSION "dev"
+#endif
+#ifndef AITS_CXX_COMPILER
+#define AITS_CXX_COMPILER "unknown"
+#endif
+#ifndef AITS_CUDA_ARCHITECTURES
+#define AITS_CUDA_ARCHITECTURES ""
+#endif
+
+aits::Physics to_physics(const py::tuple& t) {
+  if (t.size() != 6)
+    throw py::value_error("physics must be a 6-tuple (G, softening, field_mass, Rx, Ry, Rz), got " +
+                          std::to_string(t.size()) + " items");
+  aits::Physics p{};
+  p.G = t[0].cast<double>();
+  p.softening = t[1].cast<double>();
+  p.field_mass = t[2].cast<double>();
+  for (int k = 0; k < 3; ++k) p.field_pos[k] = t[3 + k].cast<double>();
+  return p;
+}
+
+aits::Shape to_shape(int64_t B, int64_t N, int64_t D) {
+  if (D != 2 && D != 3) throw py::value_error("D must be 2 or 3, got " + std::to_string(D));
+  if (B < 0 || N < 0)
+    throw py::value_error("B and N must be >= 0, got B=" + std::to_string(B) +
+                          ", N=" + std::to_string(N));
+  return aits::Shape{B, N, static_cast<int>(D)};
+}
+
+bool empty(const aits::Shape& s) { return s.B == 0 || s.N == 0; }
+
+void check_steps(int64_t steps, int64_t integrator) {
+  if (steps < 0) throw py::value_error("steps must be >= 0, got " + std::to_string(steps));
+  if (integrator != 0 && integrator != 1)
+    throw py::value_error("integrator must be 0 (leapfrog) or 1 (yoshida4), got " +
+                          std::to_string(integrator));
+}
+
+// A zero pointer where data is required would crash the process; only the trajectory of
+// `step` may be 0 (not requested).
+void require(std::uintptr_t ptr, const char* name) {
+  if (ptr == 0) throw py::value_error(std::string(name) + " is a null pointer");
+}
+
+template <typename P = void>
+P* ptr(std::uintptr_t p) {
+  return reinterpret_cast<P*>(p);
+}
+
+// Binds the five kernels of one backend. `Extra...` is empty for the CPU and the stream
+// (an int: torch.cuda.current_stream().cuda_stream) for CUDA; Kernels supplies the functions.
+template <typename Kernels, typename... Extra>
+void bind_kernels(py::module_& m, const std::string& prefix, const Kernels& k,
+                  const char* extra_name = nullptr) {
+  auto extra_args = [&](auto... args) {
+    if constexpr (sizeof...(Extra) == 0) return std::make_tuple(args...);
+    else return std::make_tuple(args..., py::arg(extra_name));
+  };
+  using U = std::uintptr_t;
+  std::apply(
+      [&](auto... a) {
+        m.def((prefix + "acceleration").c_str(),
+              [k](U pos, U mass, U out_acc, int64_t B, int64_t N, int64_t D, py::tuple physics,
+                  bool double_precision, Extra... extra) {
+                const aits::Shape s = to_shape(B, N, D);
+                const aits::Physics p = to_physics(physics);
+                if (empty(s)) return;
+                require(pos, "pos");
+                require(mass, "mass");
+                require(out_acc, "out_acc");
+                py::gil_scoped_release nogil;
+                k.acceleration(double_precision, ptr(pos), ptr(mass), ptr(out_acc), s, p, extra...);
+              },
+              "Softened gravity (+ tidal field): out_acc[B,N,D].", a...);
+      },
+      extra_args(py::arg("pos"), py::arg("mass"), py::arg("out_acc"), py::arg("B"), py::arg("N"),
+                 py::arg("D"), py::arg("physics"), py::arg("double_precision")));
+  std::apply(
+      [&](auto... a) {
+        m.def((prefix + "potential_energy").c_str(),
+              [k](U pos, U mass, U out_energy, int64_t B, int64_t N, int64_t D, py::tuple physics,
+                  bool double_precision, Extra... extra) {
+                const aits::Shape s = to_shape(B, N, D);
+                const aits::Physics p = to_physics(physics);
+                if (empty(s)) return;
+                require(pos, "pos");
+                require(mass, "mass");
+                require(out_energy, "out_energy");
+                py::gil_scoped_release nogil;
+                k.potential_energy(double_precision, ptr(pos), ptr(mass), ptr(out_energy), s, p,
+                                   extra...);
+              },
+              "Potential energy (pairs + tidal field): out_energy[B].", a...);
+      },
+      extra_args(py::arg("pos"), py::arg("mass"), py::arg("out_energy"), py::arg("B"),
+                 py::arg("N"), py::arg("D"), py::arg("physics"), py::arg("double_precision")));
+  std::apply(
+      [&](auto... a) {
+        m.def((prefix + "acceleration_vjp").c_str(),
+              [k](U pos, U mass, U grad_acc, U out_grad_pos, int64_t B, int64_t N, int64_t D,
+                  py::tuple physics, bool double_precision, Extra... extra) {
+                const aits::Shape s = to_shape(B, N, D);
+                const aits::Physics p = to_physics(physics);
+                if (empty(s)) return;
+                require(pos, "pos");
+                require(mass, "mass");
+                require(grad_acc, "grad_acc");
+                require(out_grad_pos, "out_grad_pos");
+                py::gil_scoped_release nogil;
+                k.acceleration_vjp(double_precision, ptr(pos), ptr(mass), ptr(grad_acc),
+                                   ptr(out_grad_pos), s, p, extra...);
+              },
+              "(d acc / d pos)^T grad_acc: out_grad_pos[B,N,D].", a...);
+      },
+      extra_args(py::arg("pos"), py::arg("mass"), py::arg("grad_acc"), py::arg("out_grad_pos"),
+                 py::arg("B"), py::arg("N"), py::arg("D"), py::arg("physics"),
+                 py::arg("double_precision")));
+  std::apply(
+      [&](auto... a) {
+        m.def((prefix + "step").c_str(),
+              [k](U pos, U vel, U mass, U dt, U out_pos, U out_vel, U trajectory, int64_t B,
+                  int64_t N, int64_t D, int64_t steps, int64_t integrator, py::tuple physics,
+                  bool double_precision, Extra... extra) {
+                const aits::Shape s = to_shape(B, N, D);
+                const aits::Physics p = to_physics(physics);
+                check_steps(steps, integrator);
+                if (empty(s)) return;
+                require(pos, "pos");
+                require(vel, "vel");
+                require(mass, "mass");
+                require(dt, "dt");
+                require(out_pos, "out_pos");
+                require(out_vel, "out_vel");
+                py::gil_scoped_release nogil;
+                k.step(double_precision, ptr(pos), ptr(vel), ptr(mass), ptr(dt), ptr(out_pos),
+                       ptr(out_vel), ptr(trajectory), s, steps, static_cast<int>(integrator), p,
+                       extra...);
+              },
+              "`steps` fused steps: out_pos, out_vel [B,N,D]; trajectory [S+1,3,B,N,D] unless 0.",
+              a...);
+      },
+      extra_args(py::arg("pos"), py::arg("vel"), py::arg("mass"), py::arg("dt"),
+                 py::arg("out_pos"), py::arg("out_vel"), py::arg("trajectory"), py::arg("B"),
+                 py::arg("N"), py::arg("D"), py::arg("steps"), py::arg("integrator"),
+                 py::arg("physics"), py::arg("double_precision")));
+  std::apply(
+      [&](auto... a) {
+        m.def((prefix + "step_backward").c_str(),
+              [k](U trajectory, U mass, U dt, U grad_pos, U grad_vel, U out_grad_pos,
+                  U out_grad_vel, U out_grad_dt, int64_t B, int64_t N, int64_t D, int64_t steps,
+                  int64_t integrator, py::tuple physics, bool double_precision, Extra... extra) {
+                const aits::Shape s = to_shape(B, N, D);
+                const aits::Physics p = to_physics(physics);
+                check_steps(steps, integrator);
+                if (empty(s)) return;
+                require(trajectory, "trajectory");
+                require(mass, "mass");
+                require(dt, "dt");
+                require(grad_pos, "grad_pos");
+                require(grad_vel, "grad_vel");
+                require(out_grad_pos, "out_grad_pos");
+                require(out_grad_vel, "out_grad_vel");
+                require(out_grad_dt, "out_grad_dt");
+                py::gil_scoped_release nogil;
+                k.step_backward(double_precision, ptr(trajectory), ptr(mass), ptr(dt),
+                                ptr(grad_pos), ptr(grad_vel), ptr(out_grad_pos),
+                                ptr(out_grad_vel), ptr(out_grad_dt), s, steps,
+                                static_cast<int>(integrator), p, extra...);
+              },
+              "Adjoint of step over its trajectory: out_grad_pos, out_grad_vel [B,N,D], "
+              "out_grad_dt [B].",
+              a...);
+      },
+      extra_args(py::arg("trajectory"), py::arg("mass"), py::arg("dt"), py::arg("grad_pos"),
+                 py::arg("grad_vel"), py::arg("out_grad_pos"), py::arg("out_grad_vel"),
+                 py::arg("out_grad_dt"), py::arg("B"), py::arg("N"), py::arg("D"),
+                 py::arg("steps"), py::arg("integrator"), py::arg("physics"),
+                 py::arg("double_precision")));
+}
+
+struct CpuKernels {
+  template <typename... A>
+  void acceleration(A&&... a) const { aits::cpu::acceleration(std::forward<A>(a)...); }
+  template <typename... A>
+  void potential_energy(A&&... a) const { aits::cpu::potential_energy(std::forward<A>(a)...); }
+  template <typename... A>
+  void acceleration_vjp(A&&... a) const { aits::cpu::acceleration_vjp(std::forward<A>(a)...); }
+  template <typename... A>
+  void step(A&&... a) const { aits::cpu::step(std::forward<A>(a)...); }
+  template <typename... A>
+  void step_backward(A&&... a) const { aits::cpu::step_backward(std::forward<A>(a)...); }
+};
+
+#ifdef AITS_HAVE_CUDA
+// The stream arrives as a Python int (cudaStream_t value); 0 is the legacy default stream.
+struct CudaKernels {
+  template <typename... A>
+  void acceleration(A&&... a) const { aits::cuda::acceleration(cast_stream(std::forward<A>(a))...); }
+  template <typename... A>
+  void potential_energy(A&&... a) const {
+    aits::cuda::potential_energy(cast_stream(std::forward<A>(a))...);
+  }
+  template <typename... A>
+  void acceleration_vjp(A&&... a) const {
+    aits::cuda::acceleration_vjp(cast_stream(std::forward<A>(a))...);
+  }
+  template <typename... A>
+  void step(A&&... a) const { aits::cuda::step(cast_stream(std::forward<A>(a))...); }
+  template <typename... A>
+  void step_backward(A&&... a) const {
+    aits::cuda::step_backward(cast_stream(std::forward<A>(a))...);
+  }
+
+  template <typename X>
+  static decltype(auto) cast_stream(X&& x) {
+    if constexpr (std::is_same_v<std::decay_t<X>, std::uintptr_t>)
+      return reinterpret_cast<void*>(x);
+    else
+      return std::forward<X>(x);
+  }
+};
+#endif
+
+int cuda_device_count() noexcept {
+#ifdef AITS_HAVE_CUDA
+  try {
+    return aits::cuda::device_count();
+  } catch (...) {
+    return 0;
+  }
+#else
+  return 0;
+#endif
+}
+
+py::dict build_info() {
+  py::dict info;
+  info["version"] = AITS_VERSION;
+  info["compiler"] = AITS_CXX_COMPILER;
+#ifdef _OPENMP
+  info["openmp"] = true;
+  info["openmp_max_threads"] = omp_get_max_threads();
+#else
+  info["openmp"] = false;
+  info["openmp_max_threads"] = 1;
+#endif
+#ifdef AITS_HAVE_CUDA
+  info["cuda"] = true;
+  int runtime = 0;
+  try {
+    runtime = aits::cuda::runtime_version();
+  } catch (...) {
+    runtime = 0;
+  }
+  info["cuda_runtime_version"] = runtime;
+#else
+  info["cuda"] = false;
+  info["cuda_runtime_version"] = 0;
+#endif
+  info["cuda_architectures"] = AITS_CUDA_ARCHITECTURES;
+  // What the CPU kernels were vectorised for: -march=native builds run only where they were built.
+#if defined(__AVX512F__)
+  info["cpu_simd"] = "avx512";
+#elif defined(__AVX2__) && defined(__FMA__)
+  info["cpu_simd"] = "avx2+fma";
+#elif defined(__AVX__)
+  info["cpu_simd"] = "avx";
+#elif defined(__SSE2__)
+  info["cpu_simd"] = "sse2";
+#else
+  info["cpu_simd"] = "none";
+#endif
+  return info;
+}
+
+// The value checks of ops/validate.py for a CPU batch in one pass: 0 when all pass, else the
+// aits::ValueCheck number of the first that failed (vel and dt may be 0: not part of the op).
+int cpu_check_values(std::uintptr_t pos, std::uintptr_t vel, std::uintptr_t mass,
+                     std::uintptr_t dt, int64_t B, int64_t N, int64_t D, bool check_coincident,
+                     bool double_precision) {
+  const aits::Shape s = to_shape(B, N, D);
+  if (empty(s)) return 0;
+  require(pos, "pos");
+  require(mass, "mass");
+  py::gil_scoped_release nogil;
+  return static_cast<int>(aits::cpu::check_values(double_precision, ptr(pos), ptr(vel), ptr(mass),
+                                                  ptr(dt), s, check_coincident));
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "aitimestepper compiled kernels (see docs/kernel-contract.md)";
+  bind_kernels(m, "cpu_", CpuKernels{});
+  m.def("cpu_check_values", &cpu_check_values, "Value checks of a CPU batch: 0 or a ValueCheck.",
+        py::arg("pos"), py::arg("vel"), py::arg("mass"), py::arg("dt"), py::arg("B"), py::arg("N"),
+        py::arg("D"), py::arg("check_coincident"), py::arg("double_precision"));
+#ifdef AITS_HAVE_CUDA
+  bind_kernels<CudaKernels, std::uintptr_t>(m, "cuda_", CudaKernels{}, "stream");
+#endif
+  m.def("build_info", &build_info, "What this build of the compiled module contains.");
+  m.def("cuda_device_count", &cuda_device_count,
+        "Number of visible CUDA devices; 0 without CUDA support, GPU or driver (never raises).");
+}
