@@ -140,8 +140,7 @@ class Featurizer:
         self.K = history_len
         self.scales = scales
         self.softening = softening
-        self._iu: dict[tuple[int, torch.device], torch.Tensor] = {}
-        self._divisors: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._cache: dict[tuple, dict[str, torch.Tensor]] = {}
 
     @property
     def block_dim(self) -> int:
@@ -156,61 +155,80 @@ class Featurizer:
     def new_history(self, B: int, N: int, D: int, dtype, device) -> History:
         return History(self.K, B, N, D, self.block_dim, self.feature_type == "delta_mag", dtype, device)
 
-    def _pairs(self, N: int, device) -> torch.Tensor:
-        key = (N, device)
-        if key not in self._iu:
-            self._iu[key] = torch.triu_indices(N, N, offset=1, device=device)
-        return self._iu[key]
-
-    def _constants(self, like: torch.Tensor, N: int, D: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cached per dtype/device: [1, L0, V0, A0] as a [4, 1] column (mass, positions,
-        velocities, accelerations) and the constant head [N, D]."""
+    def _constants(self, like: torch.Tensor, N: int, D: int) -> dict[str, torch.Tensor]:
+        """Per dtype/device/N/D, built once: the constant head, the averaging vectors, the pair
+        indices i < j and the divisor of each output column (its scale, or 1)."""
         key = (like.dtype, like.device, N, D)
-        if key not in self._divisors:
+        if key not in self._cache:
             s = self.scales
-            divisor = torch.tensor([[1.0], [s.L0], [s.V0], [s.A0]], dtype=like.dtype, device=like.device)
-            self._divisors[key] = (1 / divisor, torch.tensor([float(N), float(D)], dtype=like.dtype, device=like.device))
-        return self._divisors[key]
+            pairs = N * (N - 1) // 2
+            first, second = torch.triu_indices(N, N, offset=1, device=like.device)
+            as_tensor = lambda values: torch.tensor(values, dtype=like.dtype, device=like.device)  # noqa: E731
+            if self.feature_type == "rich":  # head 3, then mean/min/max/rms of mass, r, s, alpha, then d min/mean/max
+                per_column = [1.0] * 3 + [1.0] * 4 + [s.L0] * 4 + [s.V0] * 4 + [s.A0] * 4 + [s.L0] * 3
+            else:  # head 3, then mean/max of r, s, alpha, then d min/mean
+                per_column = [1.0] * 3 + [s.L0] * 2 + [s.V0] * 2 + [s.A0] * 2 + [s.L0] * 2
+            self._cache[key] = {
+                "head": as_tensor([float(N), float(D)]),
+                "ones": as_tensor([[1.0]] * N),  # [N, 1]: mass [B, N] @ ones = total [B, 1]
+                "mean_bodies": as_tensor([1.0 / N] * N),  # [N]
+                "mean_pairs": as_tensor([[1.0 / pairs]] * pairs),  # [P, 1]
+                "first": first, "second": second,
+                "inverse_scales": as_tensor([1.0 / value for value in per_column]),
+            }
+        return self._cache[key]
+
+    # Written for few torch calls, each fast at any batch size: this runs once per simulated step,
+    # where at batch 1 every call costs microseconds of dispatch. Averages over bodies or pairs are
+    # matrix products with a constant vector over the innermost dimension (torch's sum/mean over a
+    # tiny dimension is many times slower at large batch; amax/amin are fast); the feature scales
+    # divide the finished row once (mean, min and max commute with a positive scale).
 
     def state_block(self, pos: torch.Tensor, vel: torch.Tensor, mass: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
-        """Features of each state alone: [B, N, D] (mass [B, N]) -> [B, 11] basic or [B, 23] rich.
-
-        Written for few torch calls (it runs once per simulated step): the COM position and
-        velocity come from one batched matmul, all magnitudes from one norm.
-        """
+        """Features of each state alone: [B, N, D] (mass [B, N]) -> [B, 11] basic or [B, 23] rich."""
         B, N, D = pos.shape
-        inverse_scales, head = self._constants(pos, N, D)
-        total = mass.sum(-1, keepdim=True)  # [B, 1]
-        weights = (mass / total)[:, None, None, :]  # [B, 1, 1, N]
-        stacked = torch.stack([pos, vel, acc], 1)  # [B, 3, N, D]
-        centre = torch.matmul(weights, stacked[:, :2])  # [B, 2, 1, D]: COM and VCOM
-        magnitudes = torch.linalg.vector_norm(torch.cat([stacked[:, :2] - centre, stacked[:, 2:]], 1), dim=-1)
-        q = torch.cat([mass.unsqueeze(1), magnitudes], 1) * inverse_scales  # [B, 4, N]: mass, r/L0, s/V0, a/A0
-        iu = self._pairs(N, pos.device)
-        d = torch.cdist(pos, pos)[:, iu[0], iu[1]] * inverse_scales[1]  # [B, pairs] / L0
-        head = torch.cat([head.expand(B, 2), total], -1)
+        c = self._constants(pos, N, D)
+        total = torch.mm(mass, c["ones"])  # [B, 1]
+        both = torch.cat([pos, vel], -1)  # [B, N, 2D]
+        centred = both - torch.bmm((mass / total).unsqueeze(1), both)  # about the COM and the VCOM
+        q = torch.linalg.vector_norm(torch.stack([centred[..., :D], centred[..., D:], acc], 1), dim=-1)  # [B, 3, N]
+        d = torch.linalg.vector_norm(pos.index_select(1, c["first"]) - pos.index_select(1, c["second"]), dim=-1)
+        head = c["head"].expand(B, 2)
         if self.feature_type == "rich":
-            low, high = torch.aminmax(q, dim=-1)
-            stats = torch.stack([q.mean(-1), low, high, q.square().mean(-1).sqrt()], -1)
-            low_d, high_d = torch.aminmax(d, dim=-1)
-            pair = torch.stack([low_d, d.mean(-1), high_d, torch.full_like(low_d, self.softening / self.scales.L0)], -1)
-            return torch.cat([head, stats.flatten(1), pair], -1)
-        stats = torch.stack([q[:, 1:].mean(-1), q[:, 1:].amax(-1)], -1)  # [B, 3, 2]: mean, max
-        pair = torch.stack([d.amin(-1), d.mean(-1)], -1)
-        return torch.cat([head, stats.flatten(1), pair], -1)
+            q = torch.cat([mass.unsqueeze(1), q], 1)  # [B, 4, N]: mass, r, s, alpha
+            # amin and amax, not aminmax: on tiny inputs torch's aminmax enters an OpenMP parallel
+            # region, which on a loaded 2-core machine waits milliseconds for the second thread.
+            stats = torch.stack([q @ c["mean_bodies"], q.amin(-1), q.amax(-1), ((q * q) @ c["mean_bodies"]).sqrt()], -1)
+            row = torch.cat([head, total, stats.flatten(1), d.amin(-1, keepdim=True), torch.mm(d, c["mean_pairs"]),
+                             d.amax(-1, keepdim=True)], -1)
+            return torch.cat([row * c["inverse_scales"], torch.full_like(total, self.softening / self.scales.L0)], -1)
+        stats = torch.stack([q @ c["mean_bodies"], q.amax(-1)], -1)  # [B, 3, 2]: mean, max
+        row = torch.cat([head, total, stats.flatten(1), d.amin(-1, keepdim=True), torch.mm(d, c["mean_pairs"])], -1)
+        return row * c["inverse_scales"]
+
+    def _transition_scales(self, like: torch.Tensor) -> torch.Tensor:
+        """[3, 1]: 1/L0, 1/V0, 1/A0 for the |dx|, |dv|, |da| rows of a transition."""
+        key = ("transition", like.dtype, like.device)
+        if key not in self._cache:
+            s = self.scales
+            self._cache[key] = torch.tensor([[1 / s.L0], [1 / s.V0], [1 / s.A0]], dtype=like.dtype, device=like.device)
+        return self._cache[key]
 
     def _transitions(self, history: History, pos, vel, acc) -> torch.Tensor:
         """delta_mag: 10 values per consecutive pair of [history..., current], [B, 10 K]."""
+        B, N, D = pos.shape
+        c = self._constants(pos, N, D)
         current = torch.stack([pos, vel, acc], 1).unsqueeze(1)  # [B, 1, 3, N, D]
         states = torch.cat([history.states, current], 1)  # [B, K+1, 3, N, D]
-        ones = torch.ones_like(history.current_dt).unsqueeze(1)
-        valid = torch.cat([history.valid, ones], 1)
-        dts = torch.cat([history.dts, history.current_dt.unsqueeze(1)], 1)
-        inverse_scales = self._constants(pos, *pos.shape[1:])[0]
-        delta = (states[:, 1:] - states[:, :-1]).norm(dim=-1) * inverse_scales[1:]  # [B, K, 3, N]
-        stats = torch.stack([delta.mean(-1), delta.amax(-1), delta.square().mean(-1).sqrt()], -1)
-        block = torch.cat([stats.flatten(2), (dts[:, 1:] / self.scales.T0).unsqueeze(-1)], -1)  # [B, K, 10]
-        return (block * (valid[:, 1:] * valid[:, :-1]).unsqueeze(-1)).flatten(1)
+        delta = torch.linalg.vector_norm(states[:, 1:] - states[:, :-1], dim=-1) * self._transition_scales(pos)
+        mean_bodies = c["mean_bodies"].unsqueeze(-1)  # [N, 1]: delta [B, K, 3, N] @ it = mean [B, K, 3, 1]
+        stats = torch.cat([delta @ mean_bodies, delta.amax(-1, keepdim=True), (delta * delta @ mean_bodies).sqrt()], -1)
+        # dt of the later state of each transition: the history's dts after the oldest, then the current one.
+        later_dt = torch.cat([history.dts[:, 1:], history.current_dt.unsqueeze(1)], 1) / self.scales.T0
+        block = torch.cat([stats.flatten(2), later_dt.unsqueeze(-1)], -1)  # [B, K, 10]
+        # A transition touching a padded slot is all zeros: both of its states must be real.
+        later_valid = torch.cat([history.valid[:, 1:], torch.ones_like(history.valid[:, :1])], 1)
+        return (block * (history.valid * later_valid).unsqueeze(-1)).flatten(1)
 
     def inputs(self, history: History, pos, vel, mass, acc) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The network input [B, input_dim] and the current state's block (to push on accept)."""

@@ -58,10 +58,7 @@ def collect(trainer: Trainer, epoch: int, steps_done: list[int], retries: list[i
         trainer.refresh_inputs()
     while any(needed):
         active = [b for b in range(o.count) if needed[b]]
-        with torch.set_grad_enabled(trainer.gate_gives_gradient):
-            gate = trainer.attempt(o.inputs, o.pos, o.vel, o.mass, o.energy, train=False)
-        # The one host sync per attempt: r and dt of every orbit, for the decision and the metrics.
-        r_host, dt_host = torch.stack([gate.r, gate.dt]).tolist()
+        gate, r_host, dt_host = judge(trainer)
         passed = [r < cfg.energy_threshold for r in r_host]
         result.attempts += 1
         accept = [b for b in active if passed[b]]
@@ -78,7 +75,7 @@ def collect(trainer: Trainer, epoch: int, steps_done: list[int], retries: list[i
             raise RetrainCapReached(b, steps_done[b], r_host[b], dt_host[b], retries[b])
         failing = [b for b in failing if b not in capped]
         if failing:  # before any state moves: the gate's graph refers to the current states
-            _retrain(trainer, gate, failing)
+            retrain(trainer, gate, failing)
             result.retrain_steps += 1
             for b in failing:
                 retries[b] += 1
@@ -94,15 +91,29 @@ def collect(trainer: Trainer, epoch: int, steps_done: list[int], retries: list[i
     return result
 
 
-def _retrain(trainer: Trainer, gate: Attempt, failing: list[int]) -> None:
+def judge(trainer: Trainer) -> tuple[Attempt, list[float], list[float]]:
+    """The gate on every orbit's current state (dropout off), with a graph for retrain() when the
+    network has no dropout, and the one host sync per attempt: r and dt of every orbit."""
+    o = trainer.orbits
+    with torch.set_grad_enabled(trainer.gate_gives_gradient):
+        gate = trainer.attempt(o.inputs, o.pos, o.vel, o.mass, o.energy, train=False)
+    with torch.no_grad():
+        r_host, dt_host = torch.stack([gate.r, gate.dt]).tolist()
+    return gate, r_host, dt_host
+
+
+def retrain(trainer: Trainer, gate: Attempt, failing: list[int]) -> None:
     """One Adam step on the mean band loss of the failing orbits (their states have not moved)."""
     o = trainer.orbits
-    index = slice(None) if len(failing) == o.count else torch.tensor(failing, device=o.pos.device)
+    if len(failing) == o.count:  # every orbit: the tensors themselves, no indexing ops
+        pick = lambda t: t  # noqa: E731
+    else:
+        index = torch.tensor(failing, device=o.pos.device)
+        pick = lambda t: t[index]  # noqa: E731
     if trainer.gate_gives_gradient:
-        r = gate.r[index]
+        r = pick(gate.r)
     else:  # dropout on for the gradient: a training-mode forward of the same states
-        r = trainer.attempt(o.inputs[index], o.pos[index], o.vel[index], o.mass[index], o.energy[index],
-                            train=True).r
+        r = trainer.attempt(*(pick(t) for t in (o.inputs, o.pos, o.vel, o.mass, o.energy)), train=True).r
     trainer.optimize(r)
 
 

@@ -45,20 +45,28 @@ def replay(trainer: Trainer) -> Part2Result:
     device = trainer.orbits.pos.device
     for _ in range(cfg.replay_steps):
         index = torch.randperm(size, generator=trainer.sampler)[:batch].to(device)
-        samples = trainer.replay.take(index)
-        with torch.set_grad_enabled(trainer.gate_gives_gradient):
-            gate = evaluate(trainer, samples)
-        failing = (gate.r >= cfg.energy_threshold).nonzero().squeeze(1)
-        fail_count = failing.numel()  # the one host sync per iteration
+        fail_count = iteration(trainer, trainer.replay.take(index))
         result.iterations += 1
         result.pass_rate = 1.0 - fail_count / batch
         if fail_count == 0:
             result.converged = True
             break
-        if trainer.gate_gives_gradient:  # no dropout: the gate's graph is the training graph
-            trainer.optimize(gate.r[failing])
-        else:
-            failed = Samples(*(t[failing] for t in (samples.inputs, samples.pos, samples.vel, samples.mass,
-                                                    samples.energy, samples.dt)))
-            trainer.optimize(evaluate(trainer, failed, train=True).r)
     return result
+
+
+def iteration(trainer: Trainer, samples: Samples) -> int:
+    """Judge a minibatch in one batched evaluation; if any sample fails, one Adam step on the mean
+    loss of the failing ones. Returns the number that failed."""
+    with torch.set_grad_enabled(trainer.gate_gives_gradient):
+        gate = evaluate(trainer, samples)
+    failing = (gate.r >= trainer.cfg.energy_threshold).nonzero().squeeze(1)
+    fail_count = failing.numel()  # the one host sync per iteration
+    if fail_count == 0:
+        return 0
+    if trainer.gate_gives_gradient:  # no dropout: the gate's graph is the training graph
+        trainer.optimize(gate.r[failing])
+    else:
+        failed = Samples(*(t[failing] for t in (samples.inputs, samples.pos, samples.vel, samples.mass,
+                                                samples.energy, samples.dt)))
+        trainer.optimize(evaluate(trainer, failed, train=True).r)
+    return fail_count

@@ -75,7 +75,8 @@ class Trainer:
 
     def predict_dt(self, inputs: torch.Tensor, train: bool) -> torch.Tensor:
         """dt per row; train=False is the deterministic gate (dropout off)."""
-        self.model.train(train)
+        if self.model.training != train:  # Module.train() walks every submodule: only on a change
+            self.model.train(train)
         return self.model.dt_from_output(self.forward(inputs))
 
     def advance(self, pos, vel, mass, energy0, dt) -> Attempt:
