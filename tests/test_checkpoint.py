@@ -29,6 +29,16 @@ def test_save_is_atomic_and_checked(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_checkpoint_file_gets_ordinary_permissions(tmp_path):
+    import os
+    payload = {key: 0 for key in REQUIRED_KEYS}
+    path = save_checkpoint(tmp_path / "x.pt", payload)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]  # no temp file left behind
+
+
 def test_load_errors(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")

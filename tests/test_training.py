@@ -9,7 +9,8 @@ from _product import TINY, tiny_config
 from aitimestepper.errors import TrainingStopped
 from aitimestepper.training import run_training
 from aitimestepper.training.loop import setup
-from aitimestepper.training.losses import band_loss, relative_energy_error
+from aitimestepper import ops
+from aitimestepper.training.losses import band_loss, finite_gradient, relative_energy_error
 from aitimestepper.training.part1 import collect
 from aitimestepper.training.part2 import evaluate, replay
 from aitimestepper.training.replay import Samples
@@ -45,6 +46,29 @@ def _two_circular_orbits(path):
         rows.append([[0.5, -r / 2, 0, 0, -v], [0.5, r / 2, 0, 0, v]])
     np.save(path, np.array(rows))
     return str(path)
+
+
+def test_a_diverged_system_sends_no_nan_into_the_gradient():
+    # Two Kepler-like systems; the second takes an absurd dt, so its positions overflow and its
+    # energy is NaN: r counts as 1, and the first system's gradient must survive untouched.
+    pos = torch.tensor([[[-0.5, 0.0], [0.5, 0.0]]] * 2, dtype=torch.float64)
+    vel = torch.tensor([[[0.0, -0.7], [0.0, 0.7]]] * 2, dtype=torch.float64)
+    mass = torch.ones(2, 2, dtype=torch.float64)
+    energy0 = ops.total_energy(pos, vel, mass)
+
+    def dt_gradient(guard):
+        dt = torch.tensor([0.05, 1e300], dtype=torch.float64, requires_grad=True)
+        used = finite_gradient(dt * 1.0) if guard else dt * 1.0  # a non-leaf, like the network's output
+        with ops.unchecked():
+            pos1, vel1 = ops.step(pos, vel, mass, used, steps=3)
+            r = relative_energy_error(ops.total_energy(pos1, vel1, mass), energy0)
+        assert r[1].item() == 1.0
+        band_loss(r, 1e-6, 1e-4).mean().backward()
+        return dt.grad
+
+    assert not torch.isfinite(dt_gradient(guard=False)).all()  # the failure the guard exists for
+    guarded = dt_gradient(guard=True)
+    assert torch.isfinite(guarded).all() and guarded[1] == 0 and guarded[0] != 0
 
 
 def test_gate_accepts_small_and_rejects_large_steps_per_orbit(tmp_path):

@@ -18,6 +18,18 @@ def relative_energy_error(energy: torch.Tensor, energy0: torch.Tensor) -> torch.
     return torch.nan_to_num(r, nan=1.0, posinf=1.0, neginf=1.0)
 
 
+def finite_gradient(dt: torch.Tensor) -> torch.Tensor:
+    """dt itself, with the non-finite entries of its gradient replaced by 0.
+
+    A system whose step blew up has r counted as 1 (a constant), yet the step's backward still
+    multiplies zeros by the NaN/inf of its trajectory; without this guard that NaN would reach
+    every weight through the shared network and Adam would spread it.
+    """
+    if dt.requires_grad:
+        dt.register_hook(lambda grad: torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0))
+    return dt
+
+
 def band_loss(r: torch.Tensor, E_lower: float, E_upper: float) -> torch.Tensor:
     """Per-sample band loss on ln r, same shape as r. r = 0 (an exact step) is clamped to the
     smallest positive float so that ln r stays finite."""

@@ -15,7 +15,7 @@ import torch
 from .. import ops
 from ..features import Featurizer, History
 from ..model import FullyConnectedNN
-from .losses import band_loss, relative_energy_error
+from .losses import band_loss, finite_gradient, relative_energy_error
 from .replay import ReplayBuffer
 
 
@@ -82,7 +82,7 @@ class Trainer:
     def advance(self, pos, vel, mass, energy0, dt) -> Attempt:
         """n_steps of the integrator with per-row dt, and r = |E1 - E0| / |E0| per row."""
         with ops.unchecked():  # the states are our own, checked at the start; dt >= dt_min > 0
-            pos1, vel1 = ops.step(pos, vel, mass, dt, **self.step_kwargs)
+            pos1, vel1 = ops.step(pos, vel, mass, finite_gradient(dt), **self.step_kwargs)
             energy1 = ops.total_energy(pos1, vel1, mass, **self.physics)
         return Attempt(dt, relative_energy_error(energy1, energy0), pos1, vel1, energy1)
 
