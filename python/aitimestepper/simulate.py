@@ -361,7 +361,9 @@ def run_simulation(cfg: Config, *, stream: Optional[TextIO] = sys.stdout) -> lis
         raise ConfigError("--Nperiod needs bound two-body systems; some system here is unbound")
     recording = Recording(cfg.movie_max_frames) if (cfg.movie or cfg.plot is not None) else None
     if recording is not None:
-        simulator._record(recording, torch.zeros(1), systems.pos, systems.vel, systems.mass, torch.zeros(1))
+        # No step leads into the first frame: its dt is NaN, which the plot leaves out (not a 0).
+        simulator._record(recording, torch.zeros(1), systems.pos, systems.vel, systems.mass,
+                          torch.full((1,), float("nan")))
     out = simulator.run(systems, t_end, recording)
     records = results_json(cfg, systems, out)
     lines = "".join(json.dumps(record, allow_nan=False) + "\n" for record in records)
