@@ -163,7 +163,7 @@ def cpu_plan(threads: int, quick: bool, rebound: bool) -> list[Case]:
                  for b in ("reference", "cpu")]
         if rebound:
             plan += [Case("rebound", "rebound", "float64", N=3, B=1, steps=100),
-                     Case("rebound", "rebound", "float64", N=64, B=1, steps=10)]
+                     Case("rebound", "rebound", "float64", N=64, B=1, steps=100)]
     else:
         plan += [Case("step", "cpu", "float64", N=64, B=s.step64_B, steps=s.step64_steps)]
     return plan
