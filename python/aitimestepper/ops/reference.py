@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 
 from ..physics.field import TidalField
-from ..physics.integrators import substep_weights
+from ..physics.integrators import kick_drift_kick, substep_weights
 
 
 def _pair_offsets(pos: torch.Tensor) -> torch.Tensor:
@@ -128,15 +128,14 @@ def step(
     field: Optional[TidalField] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`steps` steps of kick-drift-kick substeps of size c_s * dt; dt is a float or [...]."""
-    if isinstance(dt, torch.Tensor):
-        dt = dt.unsqueeze(-1).unsqueeze(-1)  # [..., 1, 1] against [..., N, D]
-    weights = substep_weights(integrator)
-    acc = acceleration(pos, mass, G=G, softening=softening, field=field)
+    dt = torch.as_tensor(dt, dtype=pos.dtype, device=pos.device)
+    dt = dt.unsqueeze(-1).unsqueeze(-1)  # [..., 1, 1] against [..., N, D]
+
+    def force(x: torch.Tensor) -> torch.Tensor:
+        return acceleration(x, mass, G=G, softening=softening, field=field)
+
+    acc = force(pos)
     for _ in range(steps):
-        for c in weights:
-            h = c * dt
-            vel = vel + 0.5 * h * acc
-            pos = pos + h * vel
-            acc = acceleration(pos, mass, G=G, softening=softening, field=field)
-            vel = vel + 0.5 * h * acc
+        for c in substep_weights(integrator):
+            pos, vel, acc = kick_drift_kick(pos, vel, acc, c * dt, force)
     return pos, vel

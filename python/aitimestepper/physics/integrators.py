@@ -5,6 +5,10 @@ that both agree through the fourth-order convergence of yoshida4 on every backen
 """
 from __future__ import annotations
 
+from typing import Callable
+
+import torch
+
 _CBRT2 = 2.0 ** (1.0 / 3.0)
 _YOSHIDA_W1 = 1.0 / (2.0 - _CBRT2)
 _YOSHIDA_W0 = -_CBRT2 / (2.0 - _CBRT2)
@@ -29,3 +33,21 @@ def integrator_index(name: str) -> int:
 
 def substep_weights(name: str) -> tuple[float, ...]:
     return _lookup(name)[1]
+
+
+def kick_drift_kick(
+    pos: torch.Tensor,
+    vel: torch.Tensor,
+    acc: torch.Tensor,
+    h: torch.Tensor,
+    acceleration: Callable[[torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One leapfrog substep of size h (broadcastable to pos) in PyTorch: v += h/2 a; x += h v;
+    a = a(x); v += h/2 a. `acc` is a(pos) on entry and a(new pos) on exit, so a substep costs one
+    force evaluation. The compiled kernels do the same in physics.h's order of operations.
+    """
+    vel = torch.addcmul(vel, h, acc, value=0.5)
+    pos = torch.addcmul(pos, h, vel)
+    acc = acceleration(pos)
+    vel = torch.addcmul(vel, h, acc, value=0.5)
+    return pos, vel, acc
