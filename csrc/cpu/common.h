@@ -20,6 +20,7 @@
 #include <omp.h>
 #endif
 
+#include "aitimestepper/dispatch.h"
 #include "aitimestepper/physics.h"
 #include "kernels.h"
 
@@ -47,18 +48,7 @@ Params<T> make_params(const Physics& physics) {
   return p;
 }
 
-// Calls fn(T{}, std::integral_constant<int, D>{}) for the dtype and dimension of a call.
-template <typename Fn>
-void dispatch(bool double_precision, int D, Fn&& fn) {
-  if (D != 2 && D != 3) throw std::invalid_argument("aitimestepper: D must be 2 or 3");
-  if (double_precision) {
-    if (D == 2) fn(double{}, std::integral_constant<int, 2>{});
-    else fn(double{}, std::integral_constant<int, 3>{});
-  } else {
-    if (D == 2) fn(float{}, std::integral_constant<int, 2>{});
-    else fn(float{}, std::integral_constant<int, 3>{});
-  }
-}
+using aits::dispatch;  // aitimestepper/dispatch.h, shared with the CUDA entry points
 
 inline int max_threads() {
 #ifdef _OPENMP

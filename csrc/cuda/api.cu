@@ -11,6 +11,7 @@
 #include <string>
 #include <type_traits>
 
+#include "aitimestepper/dispatch.h"
 #include "common.cuh"
 
 namespace aits::cuda {
@@ -69,21 +70,6 @@ template void vjp_any<double, 3>(const double*, const double*, const double*, do
 namespace {
 
 using detail::Params;
-
-// Calls fn(T{}, std::integral_constant<int, D>{}) for the call's dtype and dimension.
-template <typename Fn>
-void dispatch(bool double_precision, int D, Fn&& fn) {
-  if (D != 2 && D != 3) {
-    throw std::invalid_argument("aitimestepper CUDA: D must be 2 or 3, got " + std::to_string(D));
-  }
-  if (double_precision) {
-    if (D == 2) fn(double{}, std::integral_constant<int, 2>{});
-    else fn(double{}, std::integral_constant<int, 3>{});
-  } else {
-    if (D == 2) fn(float{}, std::integral_constant<int, 2>{});
-    else fn(float{}, std::integral_constant<int, 3>{});
-  }
-}
 
 Integrator checked_integrator(int integrator, int64_t steps) {
   if (integrator != int(Integrator::Leapfrog) && integrator != int(Integrator::Yoshida4)) {
