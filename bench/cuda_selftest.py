@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -260,7 +261,7 @@ def resolve_physics(name, D):
 # ---------------------------------------------------------------------------------------------
 # The checks.
 
-def check_forces(report, N, B, D, dtype, phys_name, seed, sample_systems=None):
+def check_forces(report, N, B, D, dtype, phys_name, seed, sample_systems=None, kernel=""):
     p = resolve_physics(phys_name, D)
     G, eps, field = p["G"], p["eps"], p["field"]
     phys = physics_tuple(G, eps, field, D)
@@ -282,7 +283,7 @@ def check_forces(report, N, B, D, dtype, phys_name, seed, sample_systems=None):
         acc_32 = ref_acceleration(x32, m32, G, eps, field)
         pot_32 = ref_potential(x32, m32, G, eps, field)
         vjp_32 = ref_vjp(x32, m32, g32, G, eps, field)
-    tag = f"N={N:<5} B={B:<5} D={D} {str(dtype)[6:]:7} {phys_name:10}"
+    tag = f"N={N:<5} B={B:<5} D={D} {str(dtype)[6:]:7} {phys_name:10}" + (f" [{kernel}]" if kernel else "")
     check(report, f"acceleration     {tag}", acc[sel], acc_o, acc_32, N, dtype, 1e-11)
     check(report, f"potential_energy {tag}", pot[sel], pot_o, pot_32, N, dtype, 1e-11)
     check(report, f"acceleration_vjp {tag}", vjp[sel], vjp_o, vjp_32, N, dtype, 1e-11)
@@ -432,6 +433,9 @@ STEP_CASES = [  # (N, B, [(steps, integrator), ...])
     (257, 2, [(1, "leapfrog"), (7, "yoshida4")]),  # generic path
     (1025, 1, [(7, "leapfrog")]),
 ]
+SYMMETRIC_CASES = [  # (N, B) with the symmetric kernel forced: one block, several, partial last ones
+    (65, 1), (300, 3), (1025, 1), (2100, 2), (4096, 1),
+]
 QUICK_FORCE = {(2, 1), (4, 1000), (8, 300), (17, 333), (64, 300), (100, 1), (1025, 3), (4096, 1)}
 QUICK_STEP = {2, 4, 8, 17, 64, 257, 1025}
 
@@ -464,6 +468,20 @@ def main() -> int:
         seed += 1
         sample = torch.tensor([0, 1, 1777, 4998, 4999], device=DEV)
         check_forces(report, 1000, 5000, 3, dtype, "soft+tidal", seed, sample_systems=sample)
+    # The symmetric large-N kernel (csrc/cuda/symmetric.cu) forced where "auto" would not pick it.
+    os.environ["AITS_CUDA_PAIRS"] = "symmetric"
+    try:
+        for dtype in (torch.float32, F64):
+            for D in (2, 3):
+                for (N, B) in SYMMETRIC_CASES:
+                    seed += 1
+                    check_forces(report, N, B, D, dtype, list(PHYSICS)[seed % 2], seed, kernel="symmetric")
+        pos, _, mass = make_system(2, 2100, 3, 13)
+        phys = physics_tuple(1.0, 0.0, None, 3)
+        a1, a2 = k_acceleration(pos.float(), mass.float(), phys), k_acceleration(pos.float(), mass.float(), phys)
+        report.line(torch.equal(a1, a2), "determinism N=2100 B=2 [symmetric]: repeated calls bitwise equal")
+    finally:
+        os.environ.pop("AITS_CUDA_PAIRS", None)
     print(f"-- forces done ({time.perf_counter() - t0:.1f} s)", flush=True)
 
     for dtype in (torch.float32, F64):

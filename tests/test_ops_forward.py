@@ -240,6 +240,41 @@ def test_fused_steps_equal_repeated_single_steps(backend):
         assert_matches_reference(fused[1], vel, what=f"{integrator} fused vel")
 
 
+# The CUDA backend has two large-N acceleration kernels (csrc/cuda/NOTES.md): the plain tiled one
+# and the symmetric one (each pair once, Newton's third law); AITS_CUDA_PAIRS picks one, "auto"
+# takes the symmetric one only where it fills the GPU (N of tens of thousands). Forcing each one
+# here covers every block layout of the symmetric kernel: one block, several, a partial last
+# block, a last block of one body, batched systems.
+@pytest.mark.parametrize("mode", ["symmetric", "plain"])
+@pytest.mark.parametrize("shape", [(65, ()), (300, (3,)), (1025, ()), (2100, (2,))], ids=_shape_id)
+@pytest.mark.parametrize("D", [2, 3], ids=["D2", "D3"])
+def test_cuda_pair_kernels_match_reference(mode, shape, D, dtype, monkeypatch):
+    require_backend("cuda")
+    monkeypatch.setenv("AITS_CUDA_PAIRS", mode)
+    N, batch = shape
+    system = make_system(N, D, batch, dtype=dtype)
+    check_op("acceleration", "cuda", system, what=f"{mode} kernel")
+    check_op("acceleration", "cuda", system, what=f"{mode} kernel, softening and tidal field",
+             softening=0.05, field=tidal_field(D), G=0.7)
+
+
+def test_cuda_symmetric_kernel_is_deterministic(monkeypatch):
+    require_backend("cuda")
+    monkeypatch.setenv("AITS_CUDA_PAIRS", "symmetric")
+    system = make_system(2100, 3, (2,), dtype=torch.float32).to(device="cuda")
+    first = ops.acceleration(system.pos, system.mass, backend="cuda")
+    again = ops.acceleration(system.pos, system.mass, backend="cuda")
+    assert torch.equal(first, again), "repeated calls must give bitwise the same accelerations"
+
+
+def test_cuda_pair_kernel_switch_rejects_unknown_values(monkeypatch):
+    require_backend("cuda")
+    monkeypatch.setenv("AITS_CUDA_PAIRS", "fastest")
+    system = make_system(300, 3, dtype=torch.float32).to(device="cuda")
+    with pytest.raises(RuntimeError, match="AITS_CUDA_PAIRS"):
+        ops.acceleration(system.pos, system.mass, backend="cuda")
+
+
 def test_auto_backend_on_cpu_tensors_is_the_cpu_kernel():
     require_backend("cpu")
     s = make_system(20, 3, (2,))

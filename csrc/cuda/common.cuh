@@ -233,6 +233,21 @@ struct Tiled {
                   const Params<T>& p, cudaStream_t s);
 };
 
+// symmetric.cu: large-N acceleration with each pair computed once. plan() says whether it runs
+// (P = 0: no) and with which block size; partials() writes nblk raw partial sums per body,
+// [nblk, B, N, D], which tiled.cu adds in order (split_finish_kernel).
+struct SymmetricPlan {
+  int P = 0;        // bodies per block
+  int nblk = 0;     // blocks per system = partial slots per body
+  size_t smem = 0;  // dynamic shared memory per CUDA block
+};
+template <typename T, int D>
+struct Symmetric {
+  static SymmetricPlan plan(int64_t B, int64_t N);
+  static void partials(const T* pos, const T* mass, T* partial, int64_t B, int64_t N,
+                       const SymmetricPlan& plan, T eps2, cudaStream_t s);
+};
+
 // generic.cu: step and step_backward for any N as per-substep launches of the force kernels.
 template <typename T, int D>
 struct Generic {

@@ -510,6 +510,15 @@ void reduce_rows(const T* in, T* out, int64_t rows, int64_t cols, cudaStream_t s
 template <typename T, int D>
 void Tiled<T, D>::acceleration(const T* pos, const T* mass, T* out, int64_t B, int64_t N,
                                const Params<T>& p, cudaStream_t s) {
+  const SymmetricPlan sym = Symmetric<T, D>::plan(B, N);
+  if (sym.P > 0) {  // each pair once (symmetric.cu), then the slots added in order
+    Scratch<T> partial(size_t(sym.nblk) * B * N * D, s);
+    Symmetric<T, D>::partials(pos, mass, partial.get(), B, N, sym, p.eps2, s);
+    split_finish_kernel<T, D, false><<<grid_size(ceil_div(B * N, 256), "split finish"), 256, 0, s>>>(
+        partial.get(), pos, nullptr, out, B * N, sym.nblk, p);
+    check_launch("split_finish_kernel (symmetric)");
+    return;
+  }
   if (use_one_body_per_thread(B, N, current_device().sm_count)) {
     launch_acceleration<T, D, 1>(pos, mass, out, B, N, p, s);
   } else {

@@ -52,6 +52,25 @@ AITS_HD void pair_acceleration(const T* r, T m_j, T eps2, T* acc) {
   for (int k = 0; k < D; ++k) acc[k] += w * r[k];
 }
 
+// Each pair once (Newton's third law): the pull of pair_acceleration on both bodies, sharing
+// s^-3: acc_i += m_j r / s2^{3/2}, acc_j -= m_i r / s2^{3/2}. D = 3: 16 FP32 instructions + 1
+// rsqrt serve two interactions (3 sub, 3 FMA, 2 mul for s^-3, 2 mul for the masses, 6 FMA).
+template <typename T, int D>
+AITS_HD void pair_acceleration_both(const T* r, T m_i, T m_j, T eps2, T* acc_i, T* acc_j) {
+  T s2 = eps2;
+#pragma unroll
+  for (int k = 0; k < D; ++k) s2 += r[k] * r[k];
+  const T inv = inv_sqrt(s2);
+  const T inv3 = inv * inv * inv;
+  const T w_i = m_j * inv3;
+  const T w_j = m_i * inv3;
+#pragma unroll
+  for (int k = 0; k < D; ++k) {
+    acc_i[k] += w_i * r[k];
+    acc_j[k] -= w_j * r[k];
+  }
+}
+
 // Softened pair potential 1/s for the pair (i, j); U = -G sum_{i<j} m_i m_j / s.
 template <typename T, int D>
 AITS_HD T pair_inverse_distance(const T* r, T eps2) {
