@@ -144,10 +144,30 @@ if [[ -f bench/cuda_selftest.py && "${AITS_SKIP_SELFTEST:-0}" != 1 ]]; then
   phase selftest "$(limit 60 170)" "$PYTHON" bench/cuda_selftest.py || FAILED=1
 fi
 
-# 4. the GPU kernel benchmark; it stops its own cases in time (--budget), the timeout is a backstop
+# 4. the GPU kernel benchmark; it stops its own cases in time (--budget), the timeout is a backstop.
+#    nvidia-smi samples the SM clock and power meanwhile: the instruction bounds scale with the
+#    clock the GPU actually ran at under load, which can sit below its boost clock.
+SMI_PID=""
+if command -v nvidia-smi >/dev/null 2>&1; then
+  nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,utilization.gpu \
+    --format=csv,nounits -lms 250 >"$OUT/gpu_clocks.csv" 2>/dev/null &
+  SMI_PID=$!
+fi
 BENCH_LIMIT=$(limit 330 15)
 phase bench "$BENCH_LIMIT" "$PYTHON" bench/bench_kernels.py --suite gpu --out "$OUT" \
   --budget $((BENCH_LIMIT - 25)) ${AITS_BENCH_ARGS:-} || FAILED=1
+if [[ -n "$SMI_PID" ]]; then
+  kill "$SMI_PID" 2>/dev/null
+  "$PYTHON" - "$OUT/gpu_clocks.csv" <<'PY' || true
+import csv, statistics, sys
+rows = [r for r in csv.reader(open(sys.argv[1])) if r and r[0] != "timestamp"]
+busy = [(float(r[1]), float(r[3])) for r in rows if r[5].strip().isdigit() and int(r[5]) >= 90]
+if busy:
+    clocks, watts = zip(*busy)
+    print(f"SM clock while the GPU was >= 90% busy ({len(busy)} samples): median {statistics.median(clocks):.0f} MHz, "
+          f"min {min(clocks):.0f}, max {max(clocks):.0f}; power median {statistics.median(watts):.0f} W")
+PY
+fi
 
 summary
 echo

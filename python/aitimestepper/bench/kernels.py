@@ -42,6 +42,7 @@ target was missed (1).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import gc
 import os
@@ -95,6 +96,7 @@ class Case:
     checked: bool = False  # step1: run with the value checks on
     raw: bool = False  # step1: call the backend's kernel directly (no ops layer, outputs preallocated)
     nbytes: int = 0  # copy
+    variant: str = ""  # an alternative implementation of the backend (see VARIANTS); "" = default
     note: str = ""
 
     def params(self, device: torch.device, threads: Optional[int]) -> dict:
@@ -109,6 +111,8 @@ class Case:
             p["raw"] = self.raw
         if self.kind == "copy":
             p = {"device": device.type, "bytes": self.nbytes, "threads": threads}
+        if self.variant:
+            p["variant"] = self.variant
         return p
 
     def label(self) -> str:
@@ -117,7 +121,49 @@ class Case:
         parts = [f"{self.kind} {self.backend} {self.dtype} N={self.N} B={self.B}"]
         if self.kind in ("step", "step1", "energy_grad", "rebound"):
             parts.append(f"steps={self.steps}")
+        if self.variant:
+            parts.append(f"[{self.variant}]")
         return " ".join(parts)
+
+
+# Alternative implementations a case can select, as (backend, variant) -> what it switches: the
+# baseline of an optimization is timed in the same run as the optimized default.
+VARIANTS = {
+    ("cuda", "plain"): "AITS_CUDA_PAIRS=plain: the tiled kernel that evaluates each pair twice",
+    ("cuda", "symmetric"): "AITS_CUDA_PAIRS=symmetric: each pair once wherever it can run",
+    ("triton", "per-thread-io"): "fused.COALESCED_IO = False: each thread loads its own system's "
+                                 "values (strided 4-byte accesses)",
+}
+
+
+@contextlib.contextmanager
+def selected_variant(case: Case):
+    """Switch `case.backend` to `case.variant` while the case runs."""
+    if not case.variant:
+        yield
+        return
+    if (case.backend, case.variant) not in VARIANTS:
+        raise ValueError(f"unknown variant {case.variant!r} of backend {case.backend!r}; "
+                         f"known: {sorted(VARIANTS)}")
+    if case.backend == "cuda":
+        before = os.environ.get("AITS_CUDA_PAIRS")
+        os.environ["AITS_CUDA_PAIRS"] = case.variant
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop("AITS_CUDA_PAIRS", None)
+            else:
+                os.environ["AITS_CUDA_PAIRS"] = before
+    else:
+        from ..ops.triton import fused
+
+        before = fused.COALESCED_IO
+        fused.COALESCED_IO = False
+        try:
+            yield
+        finally:
+            fused.COALESCED_IO = before
 
 
 # ------------------------------------------------------------------------------------------------
@@ -195,6 +241,12 @@ def gpu_plan(quick: bool, dry: bool) -> list[Case]:
     plan += [Case("step1", b, "float32", N=4, B=b4, steps=1) for b in gpus]
     plan += [Case("energy_grad", b, "float32", N=n, B=B, steps=grad_steps, wrt="dt,state")
              for n, B in ((4, grad_b4), (64, grad_b64)) for b in gpus]
+    if not dry:  # the baselines of this code's optimizations, in the same run
+        plan += [Case("acceleration", "cuda", dtype, N=n, B=1, variant="plain",
+                      note="baseline: the plain tiled kernel, each pair evaluated twice")
+                 for dtype in ("float32", "float64") for n in acc_Ns]
+        plan += [Case("step1", "triton", "float32", N=4, B=b4, steps=1, variant="per-thread-io",
+                      note="baseline: per-thread strided loads and stores")]
 
     fewer = "reference: fewer steps per call (the rate is per step)"
     plan += [Case("acceleration", "reference", dtype, N=ref_N, B=1,
@@ -563,7 +615,8 @@ def run_worker(group: str, args: argparse.Namespace) -> int:
             continue
         ctx.budget_s = min(args.case_budget, max(0.3, remaining / max(1, len(plan) - index) / 2))
         try:
-            results = RUNNERS[case.kind](case, ctx)
+            with selected_variant(case):
+                results = RUNNERS[case.kind](case, ctx)
         except Exception as error:  # one failing case must not hide the others
             message = f"{type(error).__name__}: {error}"
             print(f"[{group}] ERROR {case.label()}: {message}", file=sys.stderr)
@@ -724,9 +777,13 @@ def gpu_targets(rows: list[dict], quick: bool, dry: bool) -> list[dict]:
         if backend not in backends:
             continue
         for n in acc_Ns:
-            row = find(rows, "acceleration", backend, dtype=dtype, N=n, B=1)
+            row = find(rows, "acceleration", backend, dtype=dtype, N=n, B=1, variant=None)
             frac = metric(row, "fraction_of_bound")
-            note = f"{100 * frac:.0f}% of the bound" if frac else _missing((backend, row))
+            note = f"{100 * frac:.0f}% of the 12-instruction bound" if frac else _missing((backend, row))
+            plain = find(rows, "acceleration", backend, dtype=dtype, N=n, B=1, variant="plain")
+            if row and plain:
+                note = _join(note, f"plain kernel {h.si(metric(plain, 'pair_interactions_per_s'))} "
+                                   f"in this run ({metric(row, 'pair_interactions_per_s') / metric(plain, 'pair_interactions_per_s'):.2f}x)")
             out.append(h.Target(f"acceleration {backend} {dtype[5:]}-bit N={n}", ">=", goal, "pairs/s")
                        .evaluate(metric(row, "pair_interactions_per_s"), note))
     for backend in backends:
@@ -737,11 +794,14 @@ def gpu_targets(rows: list[dict], quick: bool, dry: bool) -> list[dict]:
             out.append(h.Target(f"step {backend} N={case.N} B={case.B} {case.steps} fused steps",
                                 ">=", goal, "sys-steps/s").evaluate(metric(row, "system_steps_per_s"), note))
     for backend in backends:
-        row = find(rows, "step1", backend, N=4, B=b4, checked=False, raw=False)
-        raw = find(rows, "step1", backend, N=4, B=b4, checked=False, raw=True)
+        row = find(rows, "step1", backend, N=4, B=b4, checked=False, raw=False, variant=None)
+        raw = find(rows, "step1", backend, N=4, B=b4, checked=False, raw=True, variant=None)
+        base = find(rows, "step1", backend, N=4, B=b4, checked=False, raw=False, variant="per-thread-io")
         bw = metric(row, "bytes_per_s")
         note = (f"{h.si(bw)} B/s vs copy {h.si(metric(row, 'copy_bytes_per_s'))} B/s; kernel alone "
                 f"{h.si(metric(raw, 'fraction_of_copy'))}" if bw else _missing((backend, row)))
+        if base:
+            note = _join(note, f"per-thread-io baseline {h.si(metric(base, 'fraction_of_copy'))}")
         out.append(h.Target(f"one step {backend} N=4 B={b4}: share of copy bandwidth", ">=", 0.7, "")
                    .evaluate(metric(row, "fraction_of_copy"), note))
     for backend in backends:
@@ -780,7 +840,8 @@ def table_columns(rows: list[dict]) -> list[tuple[str, Callable[[dict], Any]]]:
 
     return [
         ("case", lambda r: r["case"] + (" checked" if r["params"].get("checked") else "")
-         + (" raw" if r["params"].get("raw") else "")),
+         + (" raw" if r["params"].get("raw") else "")
+         + (f" [{r['params']['variant']}]" if r["params"].get("variant") else "")),
         ("backend", lambda r: r.get("backend")),
         ("dtype", lambda r: "f" + r["params"]["dtype"][5:] if r["params"].get("dtype") else None),
         ("N", lambda r: r["params"].get("N")),
