@@ -131,8 +131,10 @@ class Case:
 VARIANTS = {
     ("cuda", "plain"): "AITS_CUDA_PAIRS=plain: the tiled kernel that evaluates each pair twice",
     ("cuda", "symmetric"): "AITS_CUDA_PAIRS=symmetric: each pair once wherever it can run",
-    ("triton", "per-thread-io"): "fused.COALESCED_IO = False: each thread loads its own system's "
-                                 "values (strided 4-byte accesses)",
+    ("triton", "scalar-io"): "fused.COALESCED_IO = 'scalar': each thread moves its own system's values "
+                             "one 4-byte access at a time (lanes N*D values apart)",
+    ("triton", "vector-io"): "fused.COALESCED_IO = 'vector': each thread moves its own row in 16-byte "
+                             "pieces, no transpose",
 }
 
 
@@ -159,7 +161,7 @@ def selected_variant(case: Case):
         from ..ops.triton import fused
 
         before = fused.COALESCED_IO
-        fused.COALESCED_IO = False
+        fused.COALESCED_IO = case.variant.removesuffix("-io")
         try:
             yield
         finally:
@@ -245,8 +247,10 @@ def gpu_plan(quick: bool, dry: bool) -> list[Case]:
         plan += [Case("acceleration", "cuda", dtype, N=n, B=1, variant="plain",
                       note="baseline: the plain tiled kernel, each pair evaluated twice")
                  for dtype in ("float32", "float64") for n in acc_Ns]
-        plan += [Case("step1", "triton", "float32", N=4, B=b4, steps=1, variant="per-thread-io",
-                      note="baseline: per-thread strided loads and stores")]
+        plan += [Case("step1", "triton", "float32", N=4, B=b4, steps=1, variant="scalar-io",
+                      note="baseline: per-thread strided 4-byte loads and stores"),
+                 Case("step1", "triton", "float32", N=4, B=b4, steps=1, variant="vector-io",
+                      note="alternative: per-thread 16-byte pieces, no transpose")]
 
     fewer = "reference: fewer steps per call (the rate is per step)"
     plan += [Case("acceleration", "reference", dtype, N=ref_N, B=1,
@@ -796,12 +800,13 @@ def gpu_targets(rows: list[dict], quick: bool, dry: bool) -> list[dict]:
     for backend in backends:
         row = find(rows, "step1", backend, N=4, B=b4, checked=False, raw=False, variant=None)
         raw = find(rows, "step1", backend, N=4, B=b4, checked=False, raw=True, variant=None)
-        base = find(rows, "step1", backend, N=4, B=b4, checked=False, raw=False, variant="per-thread-io")
         bw = metric(row, "bytes_per_s")
         note = (f"{h.si(bw)} B/s vs copy {h.si(metric(row, 'copy_bytes_per_s'))} B/s; kernel alone "
                 f"{h.si(metric(raw, 'fraction_of_copy'))}" if bw else _missing((backend, row)))
-        if base:
-            note = _join(note, f"per-thread-io baseline {h.si(metric(base, 'fraction_of_copy'))}")
+        for name in ("scalar-io", "vector-io"):
+            other = find(rows, "step1", backend, N=4, B=b4, checked=False, raw=False, variant=name)
+            if other:
+                note = _join(note, f"{name} {h.si(metric(other, 'fraction_of_copy'))}")
         out.append(h.Target(f"one step {backend} N=4 B={b4}: share of copy bandwidth", ">=", 0.7, "")
                    .evaluate(metric(row, "fraction_of_copy"), note))
     for backend in backends:
