@@ -251,6 +251,9 @@ def gpu_plan(quick: bool, dry: bool) -> list[Case]:
                       note="baseline: per-thread strided 4-byte loads and stores"),
                  Case("step1", "triton", "float32", N=4, B=b4, steps=1, variant="vector-io",
                       note="alternative: per-thread 16-byte pieces, no transpose")]
+        plan += [Case("energy_grad", "triton", "float32", N=4, B=grad_b4, steps=grad_steps, wrt="dt,state",
+                      variant=v, note="trajectory writes and adjoint reads with this IO mode")
+                 for v in ("vector-io", "scalar-io")]
 
     fewer = "reference: fewer steps per call (the rate is per step)"
     plan += [Case("acceleration", "reference", dtype, N=ref_N, B=1,
@@ -811,7 +814,7 @@ def gpu_targets(rows: list[dict], quick: bool, dry: bool) -> list[dict]:
                    .evaluate(metric(row, "fraction_of_copy"), note))
     for backend in backends:
         for n in (4, 64):
-            row = find(rows, "energy_grad.backward", backend, N=n)
+            row = find(rows, "energy_grad.backward", backend, N=n, variant=None)
             note = (f"vs no-grad forward {h.si(metric(row, 'backward_over_nograd_forward'))}x" if row
                     else _missing((backend, row)))
             out.append(h.Target(f"energy-error backward / forward {backend} N={n} (dt, state)", "<=", 3.0, "x")
