@@ -231,6 +231,66 @@ def test_step_backward(N, D, dtype, integrator, steps, softening, with_field, B)
         _check(name, value, e, r)
 
 
+# The memory paths of the unrolled layout (fused.COALESCED_IO): whole-row tiles transposed in
+# registers, 16-byte row pieces, one scalar access per value. Only the memory access differs, so
+# the results must be bitwise equal; B crosses BLOCK_B (16 interpreted, 128 on a GPU) with a
+# partial last block.
+IO_CASES = [pytest.param(N, D, dtype, id=f"N{N}-D{D}-{str(dtype)[6:]}")
+            for N in (2, 3, 4) for D in (2, 3) for dtype in (torch.float64, torch.float32)]
+
+
+@pytest.mark.parametrize("N, D, dtype", IO_CASES)
+def test_io_modes_are_bitwise_identical(monkeypatch, N, D, dtype):
+    from aitimestepper.ops.triton import fused
+
+    assert N <= fused.UNROLL_MAX_N, "these cases are meant for the unrolled layout"
+    B = 21 if DEVICE == "cpu" else 300
+    steps, integrator, softening = 2, "leapfrog", 0.1
+    pos, vel, mass, _ = _system(B, N, D, seed=4)
+    dt = torch.linspace(0.005, 0.02, B, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(6)
+    grad_pos = torch.randn(pos.shape, generator=gen, dtype=torch.float64)
+    grad_vel = torch.randn(pos.shape, generator=gen, dtype=torch.float64)
+    field = _field(D == 3, D)
+    kw = dict(G=1.0, softening=softening, field=field)
+    physics = _physics(1.0, softening, field, D)
+    x, v, m, d, gp, gv = _on(dtype, pos, vel, mass, dt, grad_pos, grad_vel)
+
+    results = {}
+    for mode in ("scalar", "tile", "vector"):
+        monkeypatch.setattr(fused, "COALESCED_IO", mode)
+        with_traj = _run_step(x, v, m, d, steps, integrator, physics, with_trajectory=True)
+        plain = _run_step(x, v, m, d, steps, integrator, physics, with_trajectory=False)[:2]
+        grads = _run_step_backward(x, v, m, d, gp, gv, steps, integrator, physics)
+        results[mode] = (*with_traj, *plain, *grads)
+    names = ("pos", "vel", "trajectory", "pos without trajectory", "vel without trajectory",
+             "grad pos", "grad vel", "grad dt")
+    for mode in ("tile", "vector"):
+        for name, new, old in zip(names, results[mode], results["scalar"]):
+            assert torch.equal(new, old), f"{name}: the {mode} and scalar memory paths differ"
+
+    out_pos, out_vel, traj, plain_pos, plain_vel, *grads = results["tile"]
+    assert torch.equal(plain_pos, out_pos) and torch.equal(plain_vel, out_vel)
+    ref32 = _reference_trajectory(x.cpu(), v.cpu(), m.cpu(), d.cpu(), steps, integrator, kw)
+    _check("trajectory", traj, _reference_trajectory(pos, vel, mass, dt, steps, integrator, kw), ref32)
+    exact = _reference_gradients(pos, vel, mass, dt, grad_pos, grad_vel, steps, integrator, kw)
+    grads32 = _reference_gradients(x.cpu(), v.cpu(), m.cpu(), d.cpu(), gp.cpu(), gv.cpu(), steps, integrator, kw)
+    for name, value, e, r in zip(("grad pos", "grad vel", "grad dt"), grads, exact, grads32):
+        _check(name, value, e, r)
+
+
+def test_io_mode_switch(monkeypatch):
+    from aitimestepper.ops.triton import fused
+
+    for value, mode in ((True, "tile"), (False, "scalar"), ("vector", "vector")):
+        monkeypatch.setattr(fused, "COALESCED_IO", value)
+        assert fused._io_mode(unroll=True) == fused.IO_MODES[mode]
+        assert fused._io_mode(unroll=False) == 0, "the tile layout has one memory path"
+    monkeypatch.setattr(fused, "COALESCED_IO", "coalesced")
+    with pytest.raises(ValueError, match=r"fused.COALESCED_IO must be one of \['scalar', 'tile', 'vector'\].*'coalesced'"):
+        fused._io_mode(unroll=True)
+
+
 @pytest.mark.parametrize("integrator", ["leapfrog", "yoshida4"])
 def test_launch_loop_matches(monkeypatch, integrator):
     """Above fused.FUSED_MAX_N the integrator runs as one pairwise launch per force evaluation

@@ -8,7 +8,8 @@ state, chosen by the constexpr UNROLL:
 * UNROLL (N <= UNROLL_MAX_N = 4): every body coordinate is its own [BLOCK_B] vector, so one thread
   owns whole systems and the N(N-1)/2 pairs are unrolled at compile time. Each pair is evaluated
   once and applied to both bodies (Newton's third law: one rsqrt per pair instead of two), and
-  there are no reductions across lanes or layout conversions at all.
+  there are no reductions across lanes; the only layout conversions are the transposes that load
+  and store whole rows coalesced (COALESCED_IO).
 * tile (UNROLL_MAX_N < N <= FUSED_MAX_N, 16 to 64 by dtype and direction): each coordinate is
   a [BLOCK_B, N_PAD] tile and the pair terms a [BLOCK_B, N_PAD(j), N_PAD(i)] block; bodies i sit
   on the fastest axis, so the sum over sources j runs inside threads (and across warps) rather
@@ -36,8 +37,21 @@ from ._formulas import (
 
 # Pairs are unrolled at compile time, and Triton's coalesce pass costs (memory ops) x (IR size),
 # so compile time grows like N^3 (on the shared 2-core machine: ~8 s at N = 4, ~37 s at N = 8,
-# minutes for the N = 8 adjoint); the tile layout compiles in seconds at any N.
+# minutes for the N = 8 adjoint, with the "scalar" memory path below; "tile" cuts the memory ops
+# to a few per state: N = 8 in ~5 s, its adjoint ~18 s); the tile layout compiles in seconds.
 UNROLL_MAX_N = 4
+
+# How the UNROLL layout moves its state (pos, vel, masses, outputs, trajectory, adjoint inputs)
+# between global memory and its per-system vectors; costs under "State access" below:
+#   "tile"   whole rows as one [BLOCK_B, next_pow2(N*D)] tile, transposed in registers through
+#            shared memory (fully coalesced);
+#   "vector" each thread its own row, in aligned pieces of up to 16 bytes (no transpose);
+#   "scalar" one 4- or 8-byte access per value and thread (the original path).
+# True and False mean "tile" and "scalar". Read at every launch (the kernels' IO_MODE constexpr),
+# so a benchmark can time all three in one process; the results are bitwise the same
+# (tests/test_triton_kernels.py::test_io_modes_are_bitwise_identical).
+COALESCED_IO = "tile"
+IO_MODES = {"scalar": 0, "tile": 1, "vector": 2}
 
 # Largest N whose [N_PAD, N_PAD] pair block still fits in registers without spilling (ptxas,
 # sm_90); float64 and the adjoint (more live terms per pair) need about twice the registers.
@@ -57,16 +71,102 @@ def can_fuse(N: int, dtype: torch.dtype, adjoint: bool) -> bool:
 # ---------------------------------------------------------------------------------------------
 # State access: a flat tuple of N*D [BLOCK_B] vectors (UNROLL, entry i*D + d) or D [BLOCK_B, NP]
 # tiles. `sys` is the int64 index of each system (trajectories pass 2^31 elements at large B).
+#
+# UNROLL keeps one system per thread. Its memory paths (IO_MODE, from COALESCED_IO), per warp
+# and per state at N = 4, D = 3, float32 (32 rows of 48 bytes = 12 lines, 48 sectors):
+#   0 "scalar": entry k of 32 systems per instruction, lanes 48 bytes apart: 12 LDG.32 per
+#     thread, each touching 12 lines and 32 sectors (144 line and 384 sector requests; stores
+#     write 4 bytes of each sector).
+#   1 "tile": one [BLOCK_B, 16] tile (columns >= 12 masked); Triton gives a thread 4 columns and a
+#     warp 8 whole consecutive rows per instruction: 4 LDG.128 per thread, 3 lines each (12 line
+#     and 48 sector requests, the minimum, full-sector stores). The columns are split into the
+#     per-system vectors by reshape/split chains (_columns; stores: join chains, _tile), which
+#     Triton lowers with layout conversions through shared memory, like the CUDA kernel's staged
+#     slab: ~150 more instructions per program and, in the trajectory and adjoint
+#     variants, many more registers (sm_90 compile: 56 -> 124 at N = 4 float32 with trajectory).
+#   2 "vector": each thread moves its own row in aligned pieces of up to 16 bytes ([BLOCK_B, W]
+#     tiles, W = K's largest power-of-two divisor up to 16 bytes): 3 LDG.128 per thread, 12 lines and 32
+#     sectors each (36 line, 96 sector requests), no transpose, registers as "scalar". Degenerates
+#     to "scalar" where N*D is odd.
+# Only the memory instructions differ, so all three give bitwise the same results.
+
+
+@triton.jit
+def _columns(tile, K: tl.constexpr, BLOCK_B: tl.constexpr, W: tl.constexpr):
+    """The first K columns of a [BLOCK_B, W] tile (W a power of two), as K [BLOCK_B] vectors.
+
+    Each level splits every part by the lowest bit of its remaining column index (reshape to
+    [BLOCK_B, w/2, 2], split) and puts the even halves before the odd ones, so after log2(W)
+    levels part q holds column q (the lowest bit decided first gives the lowest bit of q)."""
+    parts = (tile,)
+    for level in tl.static_range(16):  # W <= 2^16
+        if (W >> level) > 1:
+            lo = ()
+            hi = ()
+            for p in tl.static_range(1 << level):
+                even, odd = tl.split(tl.reshape(parts[p], [BLOCK_B, (W >> level) // 2, 2]))
+                lo = lo + (even,)
+                hi = hi + (odd,)
+            parts = lo + hi
+    out = ()
+    for k in tl.static_range(K):
+        out = out + (tl.reshape(parts[k], [BLOCK_B]),)
+    return out
+
+
+@triton.jit
+def _tile(vals, K: tl.constexpr, BLOCK_B: tl.constexpr, W: tl.constexpr):
+    """Inverse of _columns: K [BLOCK_B] vectors as the first K columns of a [BLOCK_B, W] tile
+    (columns K.. are zero and never stored). Undoes the levels of _columns from the last."""
+    parts = ()
+    for q in tl.static_range(W):
+        if q < K:
+            parts = parts + (tl.reshape(vals[q], [BLOCK_B, 1]),)
+        else:
+            parts = parts + (tl.zeros([BLOCK_B, 1], vals[0].dtype),)
+    for level in tl.static_range(16):  # W <= 2^16
+        if (W >> level) > 1:
+            joined = ()  # (W >> level) parts in, half as many out
+            for p in tl.static_range((W >> level) // 2):
+                pair = tl.join(parts[p], parts[p + (W >> level) // 2])
+                joined = joined + (tl.reshape(pair, [BLOCK_B, 2 << level]),)
+            parts = joined
+    return parts[0]
+
+
+@triton.constexpr_function
+def _io_width(io_mode: int, K: int, bits: int) -> int:
+    """Columns per row tile: the whole row padded to a power of two ("tile"), or ("vector") the
+    widest aligned piece of at most 16 bytes: K's largest power-of-two divisor, since a row
+    starts K values after the last (so 4 floats at K = 12, 2 at K = 6, 1 at K = 9)."""
+    if io_mode == 1:
+        return triton.next_power_of_2(K)
+    return min(K & -K, 128 // bits)
+
+
+@triton.jit
+def _row_tile(ptr, sys, smask, K: tl.constexpr, first: tl.constexpr, W: tl.constexpr):
+    """Pointers and mask of columns [first, first + W) of the systems' K-value rows (the columns
+    past K masked): a [BLOCK_B, W] tile."""
+    cols = first + tl.arange(0, W)
+    return ptr + sys[:, None] * K + cols[None, :], smask[:, None] & (cols < K)[None, :]
 
 
 @triton.jit
 def _load_bodies(ptr, sys, smask, N: tl.constexpr, D: tl.constexpr, NP: tl.constexpr,
-                 UNROLL: tl.constexpr):
+                 UNROLL: tl.constexpr, IO_MODE: tl.constexpr):
     row = ptr + sys * (N * D)
     out = ()
     if UNROLL:
-        for k in tl.static_range(N * D):
-            out = out + (tl.load(row + k, mask=smask, other=0.0),)
+        if IO_MODE == 0:
+            for k in tl.static_range(N * D):
+                out = out + (tl.load(row + k, mask=smask, other=0.0),)
+        else:
+            W: tl.constexpr = _io_width(IO_MODE, N * D, ptr.dtype.element_ty.primitive_bitwidth)
+            for first in tl.static_range(0, N * D, W):
+                ptrs, mask = _row_tile(ptr, sys, smask, N * D, first, W)
+                out = out + _columns(tl.load(ptrs, mask=mask, other=0.0), min(W, N * D - first),
+                                     sys.shape[0], W)
     else:
         n = tl.arange(0, NP)
         mask = smask[:, None] & (n < N)[None, :]
@@ -77,11 +177,20 @@ def _load_bodies(ptr, sys, smask, N: tl.constexpr, D: tl.constexpr, NP: tl.const
 
 @triton.jit
 def _store_bodies(ptr, sys, smask, vals, N: tl.constexpr, D: tl.constexpr, NP: tl.constexpr,
-                  UNROLL: tl.constexpr):
+                  UNROLL: tl.constexpr, IO_MODE: tl.constexpr):
     row = ptr + sys * (N * D)
     if UNROLL:
-        for k in tl.static_range(N * D):
-            tl.store(row + k, vals[k], mask=smask)
+        if IO_MODE == 0:
+            for k in tl.static_range(N * D):
+                tl.store(row + k, vals[k], mask=smask)
+        else:
+            W: tl.constexpr = _io_width(IO_MODE, N * D, ptr.dtype.element_ty.primitive_bitwidth)
+            for first in tl.static_range(0, N * D, W):
+                ptrs, mask = _row_tile(ptr, sys, smask, N * D, first, W)
+                piece = ()
+                for k in tl.static_range(first, min(first + W, N * D)):
+                    piece = piece + (vals[k],)
+                tl.store(ptrs, _tile(piece, min(W, N * D - first), sys.shape[0], W), mask=mask)
     else:
         n = tl.arange(0, NP)
         mask = smask[:, None] & (n < N)[None, :]
@@ -93,6 +202,15 @@ def _store_bodies(ptr, sys, smask, vals, N: tl.constexpr, D: tl.constexpr, NP: t
 def _trajectory_slot(traj_ptr, boundary, slot: tl.constexpr, B, N: tl.constexpr, D: tl.constexpr):
     """Base pointer of trajectory[boundary, slot] ([S+1, 3, B, N, D]); int64 offsets."""
     return traj_ptr + (tl.full([], boundary, tl.int64) * 3 + slot) * B * (N * D)
+
+
+@triton.jit
+def _store_boundary(traj_ptr, boundary, B, sys, smask, x, v, a, N: tl.constexpr, D: tl.constexpr,
+                    NP: tl.constexpr, UNROLL: tl.constexpr, IO_MODE: tl.constexpr):
+    """trajectory[boundary] = (x, v, a)."""
+    _store_bodies(_trajectory_slot(traj_ptr, boundary, 0, B, N, D), sys, smask, x, N, D, NP, UNROLL, IO_MODE)
+    _store_bodies(_trajectory_slot(traj_ptr, boundary, 1, B, N, D), sys, smask, v, N, D, NP, UNROLL, IO_MODE)
+    _store_bodies(_trajectory_slot(traj_ptr, boundary, 2, B, N, D), sys, smask, a, N, D, NP, UNROLL, IO_MODE)
 
 
 @triton.jit
@@ -290,11 +408,11 @@ def _acceleration_vjp(x, m, g, eps2, gm, R, N: tl.constexpr, D: tl.constexpr,
 
 @triton.jit
 def _system_setup(mass_ptr, dt_ptr, G, B, N: tl.constexpr, NP: tl.constexpr, UNROLL: tl.constexpr,
-                  BLOCK_B: tl.constexpr):
+                  IO_MODE: tl.constexpr, BLOCK_B: tl.constexpr):
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     smask = offs_b < B
     sys = offs_b.to(tl.int64)
-    m_raw = _load_bodies(mass_ptr, sys, smask, N, 1, NP, UNROLL)
+    m_raw = _load_bodies(mass_ptr, sys, smask, N, 1, NP, UNROLL, IO_MODE)
     m = ()
     for k in tl.static_range(N if UNROLL else 1):
         m = m + (G * m_raw[k],)
@@ -307,7 +425,8 @@ def _system_setup(mass_ptr, dt_ptr, G, B, N: tl.constexpr, NP: tl.constexpr, UNR
 
 
 # B and steps vary from call to call: specializing on them (== 1, multiple of 16) would only
-# multiply compilations of a kernel whose compile takes seconds.
+# multiply compilations of a kernel whose compile takes seconds. IO_MODE's default ("tile") serves
+# launches that do not pass it (bench_triton.py's layout sweep); step() passes COALESCED_IO.
 @triton.jit(do_not_specialize=["B", "steps"])
 def _step_kernel(pos_ptr, vel_ptr, mass_ptr, dt_ptr, out_pos_ptr, out_vel_ptr, traj_ptr,
                  B, steps,
@@ -316,21 +435,19 @@ def _step_kernel(pos_ptr, vel_ptr, mass_ptr, dt_ptr, out_pos_ptr, out_vel_ptr, t
                  c0_in: tl.float64, c1_in: tl.float64, c2_in: tl.float64,
                  N: tl.constexpr, D: tl.constexpr, NP: tl.constexpr, NSUB: tl.constexpr,
                  UNROLL: tl.constexpr, HAS_FIELD: tl.constexpr, WRITE_TRAJECTORY: tl.constexpr,
-                 BLOCK_B: tl.constexpr):
+                 BLOCK_B: tl.constexpr, IO_MODE: tl.constexpr = 1):
     DTYPE = pos_ptr.dtype.element_ty
     G, eps2, gm, R = launch_constants(G_in, eps2_in, gm_in, rx, ry, rz, DTYPE)
     c0 = tl.full([], c0_in, DTYPE)
     c1 = tl.full([], c1_in, DTYPE)
     c2 = tl.full([], c2_in, DTYPE)
     K: tl.constexpr = N * D if UNROLL else D
-    offs_b, smask, sys, m, dt, dt_b = _system_setup(mass_ptr, dt_ptr, G, B, N, NP, UNROLL, BLOCK_B)
-    x = _load_bodies(pos_ptr, sys, smask, N, D, NP, UNROLL)
-    v = _load_bodies(vel_ptr, sys, smask, N, D, NP, UNROLL)
+    offs_b, smask, sys, m, dt, dt_b = _system_setup(mass_ptr, dt_ptr, G, B, N, NP, UNROLL, IO_MODE, BLOCK_B)
+    x = _load_bodies(pos_ptr, sys, smask, N, D, NP, UNROLL, IO_MODE)
+    v = _load_bodies(vel_ptr, sys, smask, N, D, NP, UNROLL, IO_MODE)
     a = _accelerations(x, m, eps2, gm, R, N, D, NP, UNROLL, HAS_FIELD)
     if WRITE_TRAJECTORY:
-        _store_bodies(_trajectory_slot(traj_ptr, 0, 0, B, N, D), sys, smask, x, N, D, NP, UNROLL)
-        _store_bodies(_trajectory_slot(traj_ptr, 0, 1, B, N, D), sys, smask, v, N, D, NP, UNROLL)
-        _store_bodies(_trajectory_slot(traj_ptr, 0, 2, B, N, D), sys, smask, a, N, D, NP, UNROLL)
+        _store_boundary(traj_ptr, 0, B, sys, smask, x, v, a, N, D, NP, UNROLL, IO_MODE)
     # One runtime loop over all substeps (the weight picked by a scalar select) rather than a
     # static unroll over NSUB: the pair code then appears once in the IR, which keeps Triton's
     # compile time (dominated by passes linear in IR size per memory op) down.
@@ -342,11 +459,9 @@ def _step_kernel(pos_ptr, vel_ptr, mass_ptr, dt_ptr, out_pos_ptr, out_vel_ptr, t
         a = _accelerations(x, m, eps2, gm, R, N, D, NP, UNROLL, HAS_FIELD)
         v = _axpy(v, half, a, K)  # closing kick
         if WRITE_TRAJECTORY:
-            _store_bodies(_trajectory_slot(traj_ptr, sub + 1, 0, B, N, D), sys, smask, x, N, D, NP, UNROLL)
-            _store_bodies(_trajectory_slot(traj_ptr, sub + 1, 1, B, N, D), sys, smask, v, N, D, NP, UNROLL)
-            _store_bodies(_trajectory_slot(traj_ptr, sub + 1, 2, B, N, D), sys, smask, a, N, D, NP, UNROLL)
-    _store_bodies(out_pos_ptr, sys, smask, x, N, D, NP, UNROLL)
-    _store_bodies(out_vel_ptr, sys, smask, v, N, D, NP, UNROLL)
+            _store_boundary(traj_ptr, sub + 1, B, sys, smask, x, v, a, N, D, NP, UNROLL, IO_MODE)
+    _store_bodies(out_pos_ptr, sys, smask, x, N, D, NP, UNROLL, IO_MODE)
+    _store_bodies(out_vel_ptr, sys, smask, v, N, D, NP, UNROLL, IO_MODE)
 
 
 @triton.jit
@@ -375,7 +490,8 @@ def _step_backward_kernel(traj_ptr, mass_ptr, dt_ptr, grad_pos_ptr, grad_vel_ptr
                           rx: tl.float64, ry: tl.float64, rz: tl.float64,
                           c0_in: tl.float64, c1_in: tl.float64, c2_in: tl.float64,
                           N: tl.constexpr, D: tl.constexpr, NP: tl.constexpr, NSUB: tl.constexpr,
-                          UNROLL: tl.constexpr, HAS_FIELD: tl.constexpr, BLOCK_B: tl.constexpr):
+                          UNROLL: tl.constexpr, HAS_FIELD: tl.constexpr, BLOCK_B: tl.constexpr,
+                          IO_MODE: tl.constexpr = 1):
     DTYPE = traj_ptr.dtype.element_ty
     G, eps2, gm, R = launch_constants(G_in, eps2_in, gm_in, rx, ry, rz, DTYPE)
     c0 = tl.full([], c0_in, DTYPE)
@@ -383,15 +499,17 @@ def _step_backward_kernel(traj_ptr, mass_ptr, dt_ptr, grad_pos_ptr, grad_vel_ptr
     c2 = tl.full([], c2_in, DTYPE)
     c_last = _substep_weight(NSUB - 1, c0, c1, c2)
     K: tl.constexpr = N * D if UNROLL else D
-    offs_b, smask, sys, m, dt, dt_b = _system_setup(mass_ptr, dt_ptr, G, B, N, NP, UNROLL, BLOCK_B)
-    gx = _load_bodies(grad_pos_ptr, sys, smask, N, D, NP, UNROLL)
-    gv = _load_bodies(grad_vel_ptr, sys, smask, N, D, NP, UNROLL)
+    offs_b, smask, sys, m, dt, dt_b = _system_setup(mass_ptr, dt_ptr, G, B, N, NP, UNROLL, IO_MODE, BLOCK_B)
+    gx = _load_bodies(grad_pos_ptr, sys, smask, N, D, NP, UNROLL, IO_MODE)
+    gv = _load_bodies(grad_vel_ptr, sys, smask, N, D, NP, UNROLL, IO_MODE)
     gdt = dt * 0.0
 
     # Boundary S: only the closing kick of the last substep uses a_S (c_S = 0).
     S = steps * NSUB
-    x = _load_bodies(_trajectory_slot(traj_ptr, S, 0, B, N, D), sys, smask, N, D, NP, UNROLL)
-    a = _load_bodies(_trajectory_slot(traj_ptr, S, 2, B, N, D), sys, smask, N, D, NP, UNROLL)
+    x = _load_bodies(_trajectory_slot(traj_ptr, S, 0, B, N, D), sys, smask, N, D, NP, UNROLL,
+                     IO_MODE)
+    a = _load_bodies(_trajectory_slot(traj_ptr, S, 2, B, N, D), sys, smask, N, D, NP, UNROLL,
+                     IO_MODE)
     gx, gdt = _boundary_adjoint(gx, gv, gdt, x, a, m, 0.5 * c_last, dt_b, eps2, gm, R,
                                 N, D, NP, K, UNROLL, HAS_FIELD)
     # Then, for each substep b = S-1 .. 0: its drift and kicks, then the boundary b it starts from
@@ -399,9 +517,12 @@ def _step_backward_kernel(traj_ptr, mass_ptr, dt_ptr, grad_pos_ptr, grad_vel_ptr
     for it in range(S):
         b = S - 1 - it
         c_b = _substep_weight(b % NSUB, c0, c1, c2)
-        x = _load_bodies(_trajectory_slot(traj_ptr, b, 0, B, N, D), sys, smask, N, D, NP, UNROLL)
-        v = _load_bodies(_trajectory_slot(traj_ptr, b, 1, B, N, D), sys, smask, N, D, NP, UNROLL)
-        a = _load_bodies(_trajectory_slot(traj_ptr, b, 2, B, N, D), sys, smask, N, D, NP, UNROLL)
+        x = _load_bodies(_trajectory_slot(traj_ptr, b, 0, B, N, D), sys, smask, N, D, NP, UNROLL,
+                         IO_MODE)
+        v = _load_bodies(_trajectory_slot(traj_ptr, b, 1, B, N, D), sys, smask, N, D, NP, UNROLL,
+                         IO_MODE)
+        a = _load_bodies(_trajectory_slot(traj_ptr, b, 2, B, N, D), sys, smask, N, D, NP, UNROLL,
+                         IO_MODE)
         h = c_b * dt_b
         v_half = _axpy(v, 0.5 * h, a, K)  # the drift velocity, exactly as the forward made it
         gdt = gdt + c_b * _per_system_dot(gx, v_half, K, UNROLL)
@@ -410,8 +531,8 @@ def _step_backward_kernel(traj_ptr, mass_ptr, dt_ptr, grad_pos_ptr, grad_vel_ptr
         c_prev = tl.where(b > 0, _substep_weight((b + NSUB - 1) % NSUB, c0, c1, c2), 0.0)
         gx, gdt = _boundary_adjoint(gx, gv, gdt, x, a, m, 0.5 * (c_prev + c_b), dt_b, eps2,
                                     gm, R, N, D, NP, K, UNROLL, HAS_FIELD)
-    _store_bodies(out_grad_pos_ptr, sys, smask, gx, N, D, NP, UNROLL)
-    _store_bodies(out_grad_vel_ptr, sys, smask, gv, N, D, NP, UNROLL)
+    _store_bodies(out_grad_pos_ptr, sys, smask, gx, N, D, NP, UNROLL, IO_MODE)
+    _store_bodies(out_grad_vel_ptr, sys, smask, gv, N, D, NP, UNROLL, IO_MODE)
     tl.store(out_grad_dt_ptr + offs_b, gdt, mask=smask)
 
 
@@ -434,6 +555,17 @@ def _layout(N: int, dtype: torch.dtype, adjoint: bool):
     return False, NP, block_b, warps
 
 
+def _io_mode(unroll: bool) -> int:
+    """COALESCED_IO as the kernels' IO_MODE (the tile layout has one memory path: 0)."""
+    mode = COALESCED_IO
+    if isinstance(mode, bool):
+        mode = "tile" if mode else "scalar"
+    if mode not in IO_MODES:
+        raise ValueError(f"fused.COALESCED_IO must be one of {sorted(IO_MODES)} (or True/False), "
+                         f"got {COALESCED_IO!r}")
+    return IO_MODES[mode] if unroll else 0
+
+
 def _weights3(integrator_index: int):
     weights = _launch.integrator_weights(integrator_index)
     if not 1 <= len(weights) <= 3:
@@ -451,7 +583,8 @@ def step(pos, vel, mass, dt, out_pos, out_vel, trajectory, steps: int, integrato
         pos, vel, mass, dt, out_pos, out_vel, trajectory if trajectory is not None else pos,
         B, int(steps), *phys.scalars(), *c,
         N=N, D=D, NP=NP, NSUB=nsub, UNROLL=unroll, HAS_FIELD=phys.has_field,
-        WRITE_TRAJECTORY=trajectory is not None, BLOCK_B=block_b, num_warps=warps,
+        WRITE_TRAJECTORY=trajectory is not None, BLOCK_B=block_b, IO_MODE=_io_mode(unroll),
+        num_warps=warps,
     )
 
 
@@ -466,5 +599,5 @@ def step_backward(trajectory, mass, dt, grad_pos, grad_vel, out_grad_pos, out_gr
         trajectory, mass, dt, grad_pos, grad_vel, out_grad_pos, out_grad_vel, out_grad_dt,
         B, int(steps), *phys.scalars(), *c,
         N=N, D=D, NP=NP, NSUB=nsub, UNROLL=unroll, HAS_FIELD=phys.has_field, BLOCK_B=block_b,
-        num_warps=warps,
+        IO_MODE=_io_mode(unroll), num_warps=warps,
     )
