@@ -130,7 +130,7 @@ print_build_info || FAILED=1
 # 2. the GPU test subset (pytest exits 5 when the selection collects nothing);
 #    AITS_SKIP_TESTS=1 / AITS_SKIP_SELFTEST=1 leave the device time to the benchmark.
 rc=0
-[[ "${AITS_SKIP_TESTS:-0}" == 1 ]] || phase tests "$(limit 150 190)" "$PYTHON" -m pytest -q tests "${TEST_SELECTION[@]}" -p no:cacheprovider \
+[[ "${AITS_SKIP_TESTS:-0}" == 1 ]] || phase tests "$(limit 180 190)" "$PYTHON" -m pytest -q tests "${TEST_SELECTION[@]}" -p no:cacheprovider \
   $("$PYTHON" -c "import xdist" 2>/dev/null && echo "-n $TEST_WORKERS")
 rc=$?
 if ((rc == 5)); then
