@@ -1,7 +1,9 @@
 // pybind11 bindings of aitimestepper._core: the kernels of docs/kernel-contract.md as
 // cpu_* (and, when compiled with CUDA, cuda_*) functions taking raw pointers (Python ints from
 // tensor.data_ptr()), sizes and a physics tuple, plus cpu_check_values (the value checks of
-// ops/validate.py in one compiled pass), build_info() and cuda_device_count().
+// ops/validate.py in one compiled pass), cpu_state_features (the feature block of features.py),
+// cpu_carried_step (one in-place step carrying the acceleration, for the simulation loop),
+// build_info() and cuda_device_count().
 //
 // Tensor validation (dtype, device, shape, contiguity, finiteness) is the Python layer's job and
 // happens once there; these wrappers only refuse arguments that would make a kernel index out of
@@ -19,6 +21,8 @@
 #include <omp.h>
 #endif
 
+#include "cpu/carried_step.h"
+#include "cpu/features.h"
 #include "kernels.h"
 
 namespace py = pybind11;
@@ -315,6 +319,44 @@ int cpu_check_values(std::uintptr_t pos, std::uintptr_t vel, std::uintptr_t mass
                                                   ptr(dt), s, check_coincident));
 }
 
+// The basic (rich = false, out [B, 11]) or rich (out [B, 23]) state block of features.py for a
+// CPU batch; column_scale points at the per-column factors (1 / scale) in the batch's dtype.
+void cpu_state_features(std::uintptr_t pos, std::uintptr_t vel, std::uintptr_t mass,
+                        std::uintptr_t acc, std::uintptr_t column_scale, std::uintptr_t out,
+                        int64_t B, int64_t N, int64_t D, bool rich, double tail,
+                        bool double_precision) {
+  const aits::Shape s = to_shape(B, N, D);
+  if (s.B == 0) return;
+  if (N < 2) throw py::value_error("state features need N >= 2 bodies, got N=" + std::to_string(N));
+  require(pos, "pos");
+  require(vel, "vel");
+  require(mass, "mass");
+  require(acc, "acc");
+  require(column_scale, "column_scale");
+  require(out, "out");
+  py::gil_scoped_release nogil;
+  aits::cpu::state_features(double_precision, ptr(pos), ptr(vel), ptr(mass), ptr(acc),
+                            ptr(column_scale), ptr(out), s, rich, tail);
+}
+
+// One step of `integrator` applied in place to pos, vel, acc [B,N,D] (acc = a(pos) in and out).
+void cpu_carried_step(std::uintptr_t pos, std::uintptr_t vel, std::uintptr_t acc,
+                      std::uintptr_t mass, std::uintptr_t dt, int64_t B, int64_t N, int64_t D,
+                      int64_t integrator, py::tuple physics, bool double_precision) {
+  const aits::Shape s = to_shape(B, N, D);
+  const aits::Physics p = to_physics(physics);
+  check_steps(1, integrator);
+  if (empty(s)) return;
+  require(pos, "pos");
+  require(vel, "vel");
+  require(acc, "acc");
+  require(mass, "mass");
+  require(dt, "dt");
+  py::gil_scoped_release nogil;
+  aits::cpu::carried_step(double_precision, ptr(pos), ptr(vel), ptr(acc), ptr(mass), ptr(dt), s,
+                          static_cast<int>(integrator), p);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -323,6 +365,16 @@ PYBIND11_MODULE(_core, m) {
   m.def("cpu_check_values", &cpu_check_values, "Value checks of a CPU batch: 0 or a ValueCheck.",
         py::arg("pos"), py::arg("vel"), py::arg("mass"), py::arg("dt"), py::arg("B"), py::arg("N"),
         py::arg("D"), py::arg("check_coincident"), py::arg("double_precision"));
+  m.def("cpu_state_features", &cpu_state_features,
+        "The basic/rich state feature block of features.py: out[B,11] or out[B,23].",
+        py::arg("pos"), py::arg("vel"), py::arg("mass"), py::arg("acc"), py::arg("column_scale"),
+        py::arg("out"), py::arg("B"), py::arg("N"), py::arg("D"), py::arg("rich"), py::arg("tail"),
+        py::arg("double_precision"));
+  m.def("cpu_carried_step", &cpu_carried_step,
+        "One step in place on pos, vel, acc [B,N,D], carrying the acceleration (acc = a(pos)).",
+        py::arg("pos"), py::arg("vel"), py::arg("acc"), py::arg("mass"), py::arg("dt"),
+        py::arg("B"), py::arg("N"), py::arg("D"), py::arg("integrator"), py::arg("physics"),
+        py::arg("double_precision"));
 #ifdef AITS_HAVE_CUDA
   bind_kernels<CudaKernels, std::uintptr_t>(m, "cuda_", CudaKernels{}, "stream");
 #endif

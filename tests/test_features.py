@@ -1,12 +1,15 @@
-"""Feature vectors of a hand-computed two-body state, history padding and normalization."""
+"""Feature vectors of a hand-computed two-body state, history padding and normalization, and the
+compiled state block against its PyTorch reference."""
 import math
 import warnings
 
 import pytest
 import torch
 
+from aitimestepper import features as features_module
 from aitimestepper import ops
 from aitimestepper.features import Featurizer, Scales, auto_scales
+from conftest import assert_matches_reference, make_system
 
 # Masses 1 and 3 at x = -1 and x = +1: COM at x = 0.5, so r = (1.5, 0.5); velocities +3 and -1
 # in y: VCOM = 0, s = (3, 1); |a_0| = G m_1 / d^2 = 3/4, |a_1| = 1/4; one pair, d = 2.
@@ -75,3 +78,64 @@ def test_delta_mag_without_history_falls_back_to_basic():
         featurizer = Featurizer("delta_mag", 0, Scales())
     assert featurizer.feature_type == "basic" and featurizer.input_dim == 11
     assert any("basic" in str(w.message) for w in caught)
+
+
+# ---------------------------------------------------------------------------------------------
+# the compiled state block (csrc/cpu/features.cpp) against its reference, the PyTorch formula
+
+requires_compiled_features = pytest.mark.skipif(
+    not features_module._HAS_COMPILED_FEATURES, reason="the compiled module has no cpu_state_features (not built)")
+
+
+@requires_compiled_features
+@pytest.mark.parametrize("feature_type", ["basic", "rich"])
+@pytest.mark.parametrize("N, D, batch", [(2, 2, ()), (3, 3, (4,)), (7, 2, (3,)), (127, 3, (2,))])
+def test_compiled_state_block_matches_the_reference(feature_type, N, D, batch, dtype):
+    system = make_system(N, D, batch or (1,), dtype=dtype, seed=N)
+    acc = ops.acceleration(system.pos, system.mass, softening=0.01)
+    featurizer = Featurizer(feature_type, 0, Scales(0.7, 1.3, 2.5, 0.4), softening=0.01)
+    args = (system.pos, system.vel, system.mass, acc)
+    compiled = featurizer.state_block(*args)
+    assert features_module._compiled_applies(*args) and compiled.dtype == dtype
+    oracle = featurizer.state_block_reference(*(t.double() for t in args))
+    reference32 = featurizer.state_block_reference(*args) if dtype == torch.float32 else None
+    assert_matches_reference(compiled, oracle, reference32, what=f"{feature_type} block")
+    # Column by column too: a small column must not hide behind a large one in the norm.
+    scale = oracle.abs().clamp_min(1e-300)
+    limit = 1e-13 if dtype == torch.float64 else 4 * torch.finfo(torch.float32).eps
+    assert ((compiled.double() - oracle).abs() / scale).max() <= limit
+
+
+@requires_compiled_features
+def test_compiled_state_block_propagates_nan_and_falls_back_for_gradients():
+    featurizer = Featurizer("rich", 0, Scales())
+    pos = POS.clone()
+    pos[0, 1, 0] = float("nan")  # a diverged state: every block entry touched by it is NaN, as in torch
+    compiled = featurizer.state_block(pos, VEL, MASS, ACC)
+    reference = featurizer.state_block_reference(pos, VEL, MASS, ACC)
+    assert torch.equal(torch.isnan(compiled), torch.isnan(reference)) and torch.isnan(compiled).any()
+    # Inputs that want a gradient take the reference (which carries it); values are the same.
+    wanting = POS.clone().requires_grad_()
+    assert not features_module._compiled_applies(wanting, VEL, MASS, ACC)
+    block = featurizer.state_block(wanting, VEL, MASS, ACC)
+    block.sum().backward()
+    assert wanting.grad is not None
+    torch.testing.assert_close(block.detach(), featurizer.state_block(POS, VEL, MASS, ACC), rtol=1e-15, atol=0)
+
+
+@requires_compiled_features
+@pytest.mark.parametrize("feature_type, K", [("basic", 0), ("rich", 2), ("delta_mag", 2)])
+def test_bound_inputs_follow_buffers_updated_in_place(feature_type, K):
+    system = make_system(3, 2, (2,), seed=5)
+    pos, vel = system.pos.clone(), system.vel.clone()
+    acc = ops.acceleration(pos, system.mass)
+    featurizer = Featurizer(feature_type, K, Scales(2.0, 0.5, 1.0, 4.0))
+    history = featurizer.new_history(2, 3, 2, torch.float64, "cpu")
+    bound = featurizer.bind(pos, vel, system.mass, acc)
+    for _ in range(3):
+        inputs, block = bound(history)
+        expected, expected_block = featurizer.inputs(history, pos, vel, system.mass, acc)
+        assert torch.equal(inputs, expected)
+        history.push(None, block, pos, vel, acc, torch.full((2,), 0.1, dtype=torch.float64))
+        pos.add_(0.01 * vel)  # the caller moves the state in place; the bound function sees it
+        acc.copy_(ops.acceleration(pos, system.mass))

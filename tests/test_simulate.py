@@ -114,3 +114,43 @@ def test_output_json_file(tmp_path):
     path = tmp_path / "out" / "sim.jsonl"
     records = run_json(sim_config(tmp_path, integrator_mode="analytic", steps=5, output_json=str(path)))
     assert [json.loads(line) for line in path.read_text().splitlines()] == records
+
+
+def test_ml_loop_matches_the_pytorch_features_and_substeps(checkpoints, tmp_path, monkeypatch):
+    """The compiled hot path (features kernel, carried step) against the PyTorch formulas it replaces."""
+    cfg = sim_config(tmp_path, integrator_mode="ml", model_path=checkpoints["plain"], steps=40, num_orbits=3,
+                     num_particles=2)
+    fast = run_json(cfg)
+    from aitimestepper import features
+    monkeypatch.setattr(features, "_compiled_applies", lambda *tensors: False)
+    monkeypatch.setattr(ops, "bind_carried_step", _pytorch_carried_step)
+    slow = run_json(cfg)
+    for a, b in zip(fast, slow):
+        for key in ("energy_final", "t_final", "dt_mean", "dt_min", "dt_max"):
+            assert a[key] == pytest.approx(b[key], rel=1e-12, abs=1e-300), key
+        assert a["steps"] == b["steps"] and a["force_evaluations"] == b["force_evaluations"] == 41
+
+
+def _pytorch_carried_step(pos, vel, acc, mass, *, integrator, **physics):
+    from aitimestepper.physics.integrators import kick_drift_kick, substep_weights
+
+    def advance(dt):
+        x, v, a = pos, vel, acc
+        for c in substep_weights(integrator):
+            h = (dt if c == 1.0 else c * dt).view(-1, 1, 1)
+            x, v, a = kick_drift_kick(x, v, a, h, lambda y: ops.acceleration(y, mass, **physics))
+        pos.copy_(x), vel.copy_(v), acc.copy_(a)
+
+    return advance
+
+
+def test_recorded_frames_are_copies_of_the_moving_state(tmp_path):
+    from aitimestepper.simulate import Recording, Simulator
+
+    cfg = sim_config(tmp_path, integrator_mode="adaptive", steps=30, eta=0.05)
+    systems = make_systems(cfg, torch.Generator().manual_seed(cfg.seed))
+    recording = Recording(max_frames=100)
+    out = Simulator(cfg).run(systems, None, recording)
+    assert len(recording.pos) == 30
+    assert not torch.equal(recording.pos[0], recording.pos[-1])
+    assert torch.equal(recording.pos[-1], out["pos"][0])

@@ -5,6 +5,12 @@ same state. Everything is batched over systems ([B, N, D] in, [B, F] out) and ve
 bodies and pairs. The history lives in a preallocated `History` per batch whose slots start as
 zeros: a padded slot contributes an all-zero block (and a transition touching it all zeros),
 never NaN, and the blocks are read as views, oldest first.
+
+The state block has one formula, `Featurizer.state_block_reference` (PyTorch, any device, with
+autograd). On CPU tensors that need no gradient the same block comes from one compiled call
+(csrc/cpu/features.cpp), tested against that reference: the simulation computes it every step,
+where the ~23 torch calls of the formula cost more at batch 1 than everything else but the
+network.
 """
 from __future__ import annotations
 
@@ -14,6 +20,9 @@ from dataclasses import asdict, dataclass
 from typing import Optional, Sequence
 
 import torch
+
+from .ops.backends import _core
+from .ops.custom import _is_plain_eager
 
 STATE_FEATURES = {"basic": 11, "rich": 23}
 TRANSITION_FEATURES = 10
@@ -127,6 +136,27 @@ def _shift_in(buffer: torch.Tensor, index, new: torch.Tensor) -> None:
         buffer[index] = torch.cat([rows[:, 1:], new.unsqueeze(1)], 1)
 
 
+_HAS_COMPILED_FEATURES = _core is not None and hasattr(_core, "cpu_state_features")
+
+
+def _compiled_applies(pos, vel, mass, acc) -> bool:
+    """True when csrc/cpu/features.cpp can compute the state block of these tensors: CPU,
+    float32/64, one dtype, [B, N, D] (mass [B, N]) with N >= 2, no gradient wanted, plain eager.
+    Written for speed (it runs every simulated step): dtypes are singletons, `is_cpu` is cheap."""
+    dtype = pos.dtype
+    if not (_HAS_COMPILED_FEATURES and (dtype is torch.float64 or dtype is torch.float32)):
+        return False
+    if not (vel.dtype is dtype and mass.dtype is dtype and acc.dtype is dtype
+            and pos.is_cpu and vel.is_cpu and mass.is_cpu and acc.is_cpu):
+        return False
+    shape = pos.shape
+    if len(shape) != 3 or shape[1] < 2 or vel.shape != shape or acc.shape != shape or mass.shape != shape[:2]:
+        return False
+    if torch.is_grad_enabled() and (pos.requires_grad or vel.requires_grad or mass.requires_grad or acc.requires_grad):
+        return False  # the reference carries the gradient
+    return _is_plain_eager([pos, vel, mass, acc])
+
+
 class Featurizer:
     """Builds the network input from the current state and a History (training == simulation)."""
 
@@ -178,14 +208,27 @@ class Featurizer:
             }
         return self._cache[key]
 
-    # Written for few torch calls, each fast at any batch size: this runs once per simulated step,
-    # where at batch 1 every call costs microseconds of dispatch. Averages over bodies or pairs are
-    # matrix products with a constant vector over the innermost dimension (torch's sum/mean over a
-    # tiny dimension is many times slower at large batch; amax/amin are fast); the feature scales
-    # divide the finished row once (mean, min and max commute with a positive scale).
-
     def state_block(self, pos: torch.Tensor, vel: torch.Tensor, mass: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
-        """Features of each state alone: [B, N, D] (mass [B, N]) -> [B, 11] basic or [B, 23] rich."""
+        """Features of each state alone: [B, N, D] (mass [B, N]) -> [B, 11] basic or [B, 23] rich.
+
+        The compiled kernel where it applies (CPU, float32/64, no gradient wanted, plain eager
+        tensors of these shapes), else state_block_reference."""
+        if _compiled_applies(pos, vel, mass, acc):
+            return self._state_block_compiled(pos, vel, mass, acc)
+        return self.state_block_reference(pos, vel, mass, acc)
+
+    def _state_block_compiled(self, pos, vel, mass, acc) -> torch.Tensor:
+        return _BoundStateBlock(self, pos.contiguous(), vel.contiguous(), mass.contiguous(), acc.contiguous()).block()
+
+    # Written for few torch calls, each fast at any batch size (it runs per step on GPU tensors).
+    # Averages over bodies or pairs are matrix products with a constant vector over the innermost
+    # dimension (torch's sum/mean over a tiny dimension is many times slower at large batch;
+    # amax/amin are fast); the feature scales divide the finished row once (mean, min and max
+    # commute with a positive scale).
+
+    def state_block_reference(self, pos: torch.Tensor, vel: torch.Tensor, mass: torch.Tensor,
+                              acc: torch.Tensor) -> torch.Tensor:
+        """The state block in PyTorch: the formula itself (and the compiled kernel's reference)."""
         B, N, D = pos.shape
         c = self._constants(pos, N, D)
         total = torch.mm(mass, c["ones"])  # [B, 1]
@@ -234,7 +277,41 @@ class Featurizer:
         """The network input [B, input_dim] and the current state's block (to push on accept)."""
         if self.feature_type == "delta_mag":
             return self._transitions(history, pos, vel, acc), None
-        block = self.state_block(pos, vel, mass, acc)
+        return self._with_history(history, self.state_block(pos, vel, mass, acc))
+
+    def _with_history(self, history: History, block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.K == 0:
             return block, block
         return torch.cat([history.blocks.flatten(1), block], -1), block
+
+    def bind(self, pos: torch.Tensor, vel: torch.Tensor, mass: torch.Tensor, acc: torch.Tensor):
+        """`inputs(history)` of state buffers that the caller advances in place (the simulation
+        loop): the same values as `self.inputs(history, pos, vel, mass, acc)`, with the compiled
+        kernel's applicability checked once, here, instead of at every call."""
+        if self.feature_type == "delta_mag" or not _compiled_applies(pos, vel, mass, acc) \
+                or not all(t.is_contiguous() for t in (pos, vel, mass, acc)):
+            return lambda history: self.inputs(history, pos, vel, mass, acc)
+        return _BoundStateBlock(self, pos, vel, mass, acc)
+
+
+class _BoundStateBlock:
+    """Featurizer.bind's function for the compiled kernel: it holds the buffers it reads through."""
+
+    def __init__(self, featurizer: Featurizer, pos, vel, mass, acc) -> None:
+        B, N, D = pos.shape
+        rich = featurizer.feature_type == "rich"
+        scale = featurizer._constants(pos, N, D)["inverse_scales"]
+        self.featurizer = featurizer
+        self.buffers = (pos, vel, mass, acc, scale)
+        self.pointers = tuple(t.data_ptr() for t in self.buffers)
+        self.sizes = (B, N, D, rich, featurizer.softening / featurizer.scales.L0 if rich else 0.0,
+                      pos.dtype == torch.float64)
+        self.shape = (B, featurizer.block_dim)
+
+    def block(self) -> torch.Tensor:
+        out = self.buffers[0].new_empty(self.shape)
+        _core.cpu_state_features(*self.pointers, out.data_ptr(), *self.sizes)
+        return out
+
+    def __call__(self, history: Optional[History]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.featurizer._with_history(history, self.block())

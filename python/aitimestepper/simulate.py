@@ -7,8 +7,12 @@ state), `history` (the network with history features), `adaptive` (dt = eta * mi
 The loop carries the acceleration from the end of one step to the start of the next, so a
 leapfrog step costs one force evaluation however dt changes between steps (ops.step, called
 per step, would recompute it at the start of every call), and the learned modes read their
-features off the same acceleration. A fixed-dt run without recording goes through ops.step in
-chunks instead: the fused kernel does many steps per call. Every loop stops at --step-cap.
+features off the same acceleration. Its state lives in buffers advanced in place by
+ops.bind_carried_step (one compiled call per step on the cpu backend), and the features of the
+state are one compiled call too (features.py): at batch 1 every torch call costs microseconds,
+and a step is then little more than the network's forward. A fixed-dt run without recording
+goes through ops.step in chunks instead: the fused kernel does many steps per call. Every loop
+stops at --step-cap.
 
 The network's architecture, features, history length, normalization and dtype come from the
 checkpoint, as do the system settings it was trained on (N, D, masses, G, softening, field,
@@ -33,7 +37,7 @@ from .checkpoint import check_system, load_checkpoint, restore_model
 from .config import Config, config_from_dict
 from .errors import ConfigError
 from .initial_conditions import Systems, kepler_period, make_systems
-from .physics.integrators import kick_drift_kick, substep_weights
+from .physics.integrators import substep_weights
 
 # System settings a checkpoint supplies unless the user gives them explicitly.
 INHERITED_FROM_CHECKPOINT = ("num_particles", "dim", "mass", "G", "softening", "integrator", "external_field_mass",
@@ -103,16 +107,6 @@ class Simulator:
         self.weights = substep_weights(cfg.integrator)
 
     # ------------------------------------------------------------------
-    def _kick_drift_kick(self, pos, vel, acc, mass, dt):
-        """One step of the configured integrator with per-system dt [B]; acc carried in and out."""
-        def force(x: torch.Tensor) -> torch.Tensor:
-            return ops.acceleration(x, mass, **self.physics)
-
-        for c in self.weights:
-            h = (dt if c == 1.0 else c * dt).view(-1, 1, 1)
-            pos, vel, acc = kick_drift_kick(pos, vel, acc, h, force)
-        return pos, vel, acc
-
     def run(self, systems: Systems, t_end: Optional[torch.Tensor], recording: Optional[Recording]) -> dict[str, Any]:
         """Integrate the systems; returns their final pos/vel, t, steps, dt statistics and counts."""
         # Inference mode, not just no_grad: no version counters or view tracking on the many small
@@ -126,9 +120,12 @@ class Simulator:
     def _run(self, systems: Systems, t_end: Optional[torch.Tensor], recording: Optional[Recording]) -> dict[str, Any]:
         cfg = self.cfg
         B = systems.pos.shape[0]
-        pos, vel, mass = systems.pos.clone(), systems.vel.clone(), systems.mass
+        # The state lives in buffers the loop owns and advances in place (contiguous copies).
+        pos = systems.pos.clone(memory_format=torch.contiguous_format)
+        vel = systems.vel.clone(memory_format=torch.contiguous_format)
+        mass = systems.mass
         started = time.perf_counter()
-        acc = ops.acceleration(pos, mass, **self.physics)
+        acc = ops.acceleration(pos, mass, **self.physics).contiguous()
         evaluations = 1
         steps = torch.zeros(B, dtype=torch.long, device=pos.device)
         t = torch.zeros_like(systems.mass[:, 0])
@@ -143,17 +140,19 @@ class Simulator:
             taken = limit
         else:
             track_time = t_end is not None or recording is not None  # else t is the sum of the dt log
+            # Checked once here, then one call per step (one compiled call on the cpu backend).
+            advance = ops.bind_carried_step(pos, vel, acc, mass, integrator=cfg.integrator, **self.physics)
+            features = self.featurizer.bind(pos, vel, mass, acc) if self.featurizer is not None else None
             while taken < limit:
-                dt = self._dt(pos, vel, mass, acc, history)
+                dt = self._dt(pos, mass, acc, features, history)
                 if t_end is not None:
                     dt = torch.minimum(dt, (t_end - t).clamp_min(0))
-                dt = torch.nan_to_num(dt, nan=0.0, posinf=0.0, neginf=0.0)  # a diverged system stops
+                dt = stats.log(dt)  # non-finite dt (a diverged system) becomes 0: that system stops
                 if history is not None:
                     history.push(None, self._block, pos, vel, acc, dt)
-                pos, vel, acc = self._kick_drift_kick(pos, vel, acc, mass, dt)
+                advance(dt)  # pos, vel, acc in place
                 if track_time:
                     t = t + dt
-                stats.log(dt)
                 taken += 1
                 evaluations += len(self.weights)
                 if recording is not None and taken % recording.stride == 0:
@@ -184,13 +183,14 @@ class Simulator:
         stats.add_constant(self.cfg.dt, total)
         return pos, vel, evaluations
 
-    def _dt(self, pos, vel, mass, acc, history) -> torch.Tensor:
+    def _dt(self, pos, mass, acc, features, history) -> torch.Tensor:
+        """This step's dt [B]; features(history) gives the network input of the current state."""
         mode = self.cfg.integrator_mode
         if mode == "analytic":
             return torch.full_like(mass[:, 0], self.cfg.dt)
         if mode == "adaptive":
             return adaptive_dt(pos, acc, self.cfg.eta)
-        inputs, self._block = self.featurizer.inputs(history, pos, vel, mass, acc)
+        inputs, self._block = features(history)
         return self.model.dt(inputs)
 
     def _record(self, recording: Recording, t, pos, vel, mass, dt) -> None:
@@ -201,7 +201,9 @@ class Simulator:
         energy = ops.total_energy(pos[:1], vel[:1], mass[:1], **self.physics)
         momentum = _norm_of(ops.linear_momentum(vel[:1], mass[:1]))
         angular = _norm_of(ops.angular_momentum(pos[:1], vel[:1], mass[:1]))
-        recording.add(t[0].item(), pos[0].cpu(), energy.item(), momentum.item(), angular.item(), dt[0].item())
+        # A copy: the loop's pos is a buffer that the next step overwrites.
+        recording.add(t[0].item(), pos[0].to("cpu", copy=True), energy.item(), momentum.item(), angular.item(),
+                      dt[0].item())
 
 
 class _DtStats:
@@ -213,14 +215,17 @@ class _DtStats:
         self.low = torch.full((B,), math.inf, dtype=dtype, device=device)
         self.high = torch.zeros(B, dtype=dtype, device=device)
         self.steps = torch.zeros(B, dtype=torch.long, device=device)
-        self._log = torch.zeros(CHUNK, B, dtype=dtype, device=device)
+        self._log = torch.empty(CHUNK, B, dtype=dtype, device=device)  # rows are read only once written
         self._used = 0
 
-    def log(self, dt: torch.Tensor) -> None:
-        self._log[self._used] = dt
+    def log(self, dt: torch.Tensor) -> torch.Tensor:
+        """Log one step's dt [B] with non-finite values set to 0 and return it (the logged row
+        itself, one call: valid until CHUNK more steps are logged)."""
+        row = torch.nan_to_num(dt, nan=0.0, posinf=0.0, neginf=0.0, out=self._log[self._used])
         self._used += 1
         if self._used == CHUNK:
             self.flush()
+        return row
 
     def flush(self) -> None:
         if not self._used:

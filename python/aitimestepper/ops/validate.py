@@ -170,7 +170,8 @@ def prepare(
     if mass.dim() < 1 or mass.shape[-1] != N:
         raise InputError(f"mass must have shape [..., N] with N = {N} (from {pos_name}), got {_describe(mass)}")
     try:
-        mass = mass.expand(*batch_shape, N)
+        if mass.shape != (*batch_shape, N):
+            mass = mass.expand(*batch_shape, N)
     except RuntimeError:
         raise InputError(
             f"mass of shape {tuple(mass.shape)} does not broadcast to the batch shape {tuple(batch_shape)} of {pos_name}"
@@ -182,7 +183,8 @@ def prepare(
         if isinstance(dt, torch.Tensor):
             dt_tensor = _require_tensor("dt", dt)
             try:
-                dt_tensor = dt_tensor.expand(batch_shape)
+                if dt_tensor.shape != batch_shape:
+                    dt_tensor = dt_tensor.expand(batch_shape)
             except RuntimeError:
                 raise InputError(
                     f"dt must be a float or a tensor broadcastable to the batch shape {tuple(batch_shape)}, got {_describe(dt)}"
@@ -201,10 +203,10 @@ def prepare(
     physics = physics_tuple(G, softening, field, D)
 
     batch = Batch(
-        pos=pos.reshape(B, N, D).contiguous(),
-        mass=mass.reshape(B, N).contiguous(),
-        vel=tensors["vel"].reshape(B, N, D).contiguous() if need_vel else None,
-        dt=dt_tensor.reshape(B).contiguous() if dt_tensor is not None else None,
+        pos=in_layout(pos, (B, N, D)),
+        mass=in_layout(mass, (B, N)),
+        vel=in_layout(tensors["vel"], (B, N, D)) if need_vel else None,
+        dt=in_layout(dt_tensor, (B,)) if dt_tensor is not None else None,
         batch_shape=batch_shape,
         physics=physics,
     )
@@ -272,5 +274,14 @@ def check_mass_not_differentiated(mass: torch.Tensor, backend: str) -> None:
         )
 
 
+def in_layout(t: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """t with `shape`, contiguous: t itself when it already is (no view: in the training loop's
+    [B, N, D] batches every reshape would be one more autograd node to walk back through)."""
+    if t.shape != shape:
+        t = t.reshape(shape)
+    return t.contiguous()
+
+
 def restore(t: torch.Tensor, batch_shape: Sequence[int], trailing: Sequence[int] = ()) -> torch.Tensor:
-    return t.reshape((*batch_shape, *trailing))
+    shape = (*batch_shape, *trailing)
+    return t if t.shape == shape else t.reshape(shape)

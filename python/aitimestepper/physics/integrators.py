@@ -44,7 +44,10 @@ def kick_drift_kick(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One leapfrog substep of size h (broadcastable to pos) in PyTorch: v += h/2 a; x += h v;
     a = a(x); v += h/2 a. `acc` is a(pos) on entry and a(new pos) on exit, so a substep costs one
-    force evaluation. The compiled kernels do the same in physics.h's order of operations.
+    force evaluation. The compiled kernels do the same in physics.h's order of operations: the
+    fused step (csrc/cpu/integrate.cpp) and, for loops that carry acc from step to step, the
+    in-place carried step (csrc/cpu/carried_step.cpp, ops.bind_carried_step), which
+    tests/test_ops_bound.py checks against this function.
     """
     vel = torch.addcmul(vel, h, acc, value=0.5)
     pos = torch.addcmul(pos, h, vel)

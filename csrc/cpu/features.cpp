@@ -1,0 +1,140 @@
+// aits::cpu::state_features: the basic/rich state block of features.py for every system in one
+// pass. A simulated step at batch 1 spends ~100 us in the ~23 small torch calls of the PyTorch
+// formula (each a few microseconds of dispatch for a handful of numbers); this is ~1 us.
+//
+// The formula is Featurizer.state_block_reference in python/aitimestepper/features.py, kept as
+// the float64 reference (tests/test_features.py compares the two): with COM/VCOM the
+// mass-weighted centres, r_i = |x_i - COM|, s_i = |v_i - VCOM|, alpha_i = |a_i| and d_ij the pair
+// distances (i < j). Sums are accumulated in double whatever the dtype (so a float32 block is
+// rounded once, at the end), and min/max propagate NaN as torch's amin/amax do: a diverged
+// system gives NaN features, hence a NaN dt, which the simulation turns into a stop.
+#include "features.h"
+
+#include <cmath>
+#include <cstdint>
+#include <initializer_list>
+#include <limits>
+
+#include "common.h"
+
+namespace aits::cpu {
+namespace {
+
+// NaN-propagating running min/max (std::min/max would drop a NaN that arrives second).
+inline double nan_min(double a, double b) { return (b < a || std::isnan(b)) ? b : a; }
+inline double nan_max(double a, double b) { return (b > a || std::isnan(b)) ? b : a; }
+
+// mean, min, max and rms of n values fed one at a time.
+struct Moments {
+  double sum = 0, sum_sq = 0;
+  double low = std::numeric_limits<double>::infinity();
+  double high = -std::numeric_limits<double>::infinity();
+  void add(double q) {
+    sum += q;
+    sum_sq += q * q;
+    low = nan_min(low, q);
+    high = nan_max(high, q);
+  }
+};
+
+template <typename T, int D>
+void one_system(const T* x, const T* v, const T* m, const T* a, const T* scale, T* out,
+                int64_t N, bool rich, double tail) {
+  double total = 0;
+  for (int64_t i = 0; i < N; ++i) total += double(m[i]);
+  // Centre of mass and of velocity with the weights m_i / M (the reference's order).
+  double com[D] = {}, vcom[D] = {};
+  for (int64_t i = 0; i < N; ++i) {
+    const double w = double(m[i]) / total;
+    for (int k = 0; k < D; ++k) {
+      com[k] += w * double(x[i * D + k]);
+      vcom[k] += w * double(v[i * D + k]);
+    }
+  }
+  Moments mass, r, s, alpha, d;
+  for (int64_t i = 0; i < N; ++i) {
+    double r2 = 0, s2 = 0, a2 = 0;
+    for (int k = 0; k < D; ++k) {
+      const double dx = double(x[i * D + k]) - com[k];
+      const double dv = double(v[i * D + k]) - vcom[k];
+      const double da = double(a[i * D + k]);
+      r2 += dx * dx;
+      s2 += dv * dv;
+      a2 += da * da;
+    }
+    mass.add(double(m[i]));
+    r.add(std::sqrt(r2));
+    s.add(std::sqrt(s2));
+    alpha.add(std::sqrt(a2));
+  }
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t j = i + 1; j < N; ++j) {
+      double d2 = 0;
+      for (int k = 0; k < D; ++k) {
+        const double dx = double(x[i * D + k]) - double(x[j * D + k]);
+        d2 += dx * dx;
+      }
+      d.add(std::sqrt(d2));
+    }
+  const double per_body = 1.0 / double(N);
+  const double per_pair = 1.0 / double(N * (N - 1) / 2);
+  int c = 0;
+  auto put = [&](double value) {
+    out[c] = static_cast<T>(value * double(scale[c]));
+    ++c;
+  };
+  put(double(N));
+  put(double(D));
+  put(total);
+  if (rich) {
+    for (const Moments* q : {&mass, &r, &s, &alpha}) {
+      put(q->sum * per_body);
+      put(q->low);
+      put(q->high);
+      put(std::sqrt(q->sum_sq * per_body));
+    }
+    put(d.low);
+    put(d.sum * per_pair);
+    put(d.high);
+    out[c] = static_cast<T>(tail);
+  } else {
+    for (const Moments* q : {&r, &s, &alpha}) {
+      put(q->sum * per_body);
+      put(q->high);
+    }
+    put(d.low);
+    put(d.sum * per_pair);
+  }
+}
+
+template <typename T, int D>
+void run(const T* pos, const T* vel, const T* mass, const T* acc, const T* scale, T* out, Shape s,
+         bool rich, double tail) {
+  const int64_t F = rich ? kRichFeatures : kBasicFeatures;
+  const int64_t state = s.N * D;
+  // Threads only for many systems with enough pairs between them: at batch 1 (the simulation's
+  // single system) no parallel region is ever opened.
+  const bool parallel = detail::choose_split(s.B, s.N) != detail::Split::Serial &&
+                        s.B >= 2 * int64_t(detail::max_threads());
+  (void)parallel;
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t b = 0; b < s.B; ++b)
+    one_system<T, D>(pos + b * state, vel + b * state, mass + b * s.N, acc + b * state, scale,
+                     out + b * F, s.N, rich, tail);
+}
+
+}  // namespace
+
+void state_features(bool double_precision, const void* pos, const void* vel, const void* mass,
+                    const void* acc, const void* column_scale, void* out, Shape shape, bool rich,
+                    double tail) {
+  detail::dispatch(double_precision, shape.D, [&](auto zero, auto dim) {
+    using T = decltype(zero);
+    run<T, decltype(dim)::value>(static_cast<const T*>(pos), static_cast<const T*>(vel),
+                                 static_cast<const T*>(mass), static_cast<const T*>(acc),
+                                 static_cast<const T*>(column_scale), static_cast<T*>(out), shape,
+                                 rich, tail);
+  });
+}
+
+}  // namespace aits::cpu
