@@ -9,7 +9,9 @@ figures, 1.8 ms per step of which 0.3 ms forward, are for it): a step costs at m
 network forward; 1024 systems batched, small network [64, 64]: at most 10 us per system-step
 (the default network's forward alone is ~100 us per system at this batch in float64 on 2 cores,
 so the per-system target can only be meant for the small one). The other two combinations are
-recorded without a target.
+recorded without a target. Two diagnostics sit beside each figure: the share of the step spent
+in the network's forward inside the loop, and the step's cost with the network's dt replaced by
+a constant (the loop's own cost: features, dt clean-up and log, the integration step).
 
     python bench/bench_simulate.py [--backends reference cpu] [--budget 4] [--threads 1]
 """
@@ -62,16 +64,19 @@ def main(argv=None) -> int:
                 per_step = paired.target.median_s / steps
                 ratio = paired.ratio / steps
                 share = _in_loop_forward_share(simulator, systems, runs=max(1, round(0.5 / paired.target.median_s)))
+                without = _step_without_network(simulator, systems, steps)
                 metrics = {**paired.metrics(), "step_s": per_step, "system_step_s": per_step / B,
                            "forward_s": paired.baseline.median_s, "ratio_to_forward": ratio,
-                           "in_loop_forward_share": share, "ratio_to_in_loop_forward": 1 / share}
+                           "in_loop_forward_share": share, "ratio_to_in_loop_forward": 1 / share,
+                           "step_without_network_s": without}
                 log.append(case=f"ml_{name}_B{B}", backend=backend, timing=paired.target, metrics=metrics,
                            params={"N": 2, "B": B, "hidden_dims": hidden, "steps_per_call": steps,
                                    "threads": torch.get_num_threads()},
                            primary="ratio_to_forward" if B == 1 else "system_step_s")
                 line = (f"{backend:10s} {name:12s} B={B:5d} step {per_step * 1e3:8.3f} ms  per system-step "
                         f"{per_step / B * 1e6:9.2f} us  forward {paired.baseline.median_s * 1e3:8.3f} ms  "
-                        f"ratio {ratio:5.2f}  (to the in-loop forward: {1 / share:5.2f})")
+                        f"ratio {ratio:5.2f}  (to the in-loop forward: {1 / share:5.2f}; "
+                        f"step without the network {without * 1e6:7.1f} us)")
                 if (name, B) in TARGETS:
                     target, kind = TARGETS[(name, B)]
                     evaluated = target.evaluate(ratio if kind == "ratio" else per_step / B)
@@ -105,6 +110,26 @@ def _in_loop_forward_share(simulator, systems, runs: int) -> float:
     finally:
         del model.dt
     return spent[0] / total
+
+
+def _step_without_network(simulator, systems, steps: int, repeats: int = 20) -> float:
+    """The loop's own cost per step (features, dt clean-up and log, the integration step, the
+    run's setup spread over its steps) with the network's dt replaced by a constant: the
+    fastest of `repeats` runs, a floor that load barely moves (a diagnostic beside the ratio)."""
+    model = simulator.model
+    B = systems.pos.shape[0]
+    constant = torch.full((B,), 1e-3, dtype=systems.pos.dtype)
+    model.dt = lambda inputs: constant  # an instance attribute shadows the method for this measurement only
+    try:
+        simulator.run(systems, None, None)
+        best = float("inf")
+        for _ in range(repeats):
+            started = time.perf_counter()
+            simulator.run(systems, None, None)
+            best = min(best, time.perf_counter() - started)
+    finally:
+        del model.dt
+    return best / steps
 
 
 def _batch(ics, B: int):
