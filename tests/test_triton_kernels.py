@@ -231,6 +231,33 @@ def test_step_backward(N, D, dtype, integrator, steps, softening, with_field, B)
         _check(name, value, e, r)
 
 
+# The float32 adjoint is fused up to FUSED_MAX_N = 32 bodies by default (registers of the
+# [N_PAD, N_PAD] VJP block); the benchmark's "fused-adjoint-64" variant raises it to 64 to time
+# the fused tile against the launch loop, so that path is checked here too (GPU only: an
+# interpreted N = 64 adjoint tile is too slow for CI).
+@pytest.mark.parametrize("N, with_field", [(40, True), (64, False)])
+def test_fused_adjoint_up_to_64_bodies(monkeypatch, N, with_field):
+    from aitimestepper.ops.triton import fused
+
+    if DEVICE == "cpu":
+        pytest.skip("the interpreted N = 64 adjoint tile takes minutes; runs on a GPU")
+    monkeypatch.setitem(fused.FUSED_MAX_N, (torch.float32, True), 64)
+    assert fused.can_fuse(N, torch.float32, adjoint=True)
+    D, steps, integrator, softening = 3, 3, "yoshida4", 0.05
+    pos, vel, mass, dt = _system(6, N, D, seed=8)
+    gen = torch.Generator().manual_seed(9)
+    grad_pos = torch.randn(pos.shape, generator=gen, dtype=torch.float64)
+    grad_vel = torch.randn(pos.shape, generator=gen, dtype=torch.float64)
+    field = _field(with_field, D)
+    kw = dict(G=1.0, softening=softening, field=field)
+    tensors = _on(torch.float32, pos, vel, mass, dt, grad_pos, grad_vel)
+    got = _run_step_backward(*tensors, steps, integrator, _physics(1.0, softening, field, D))
+    exact = _reference_gradients(pos, vel, mass, dt, grad_pos, grad_vel, steps, integrator, kw)
+    ref32 = _reference_gradients(*(t.cpu() for t in tensors), steps, integrator, kw)
+    for name, value, e, r in zip(("grad pos", "grad vel", "grad dt"), got, exact, ref32):
+        _check(name, value, e, r)
+
+
 # The memory paths of the unrolled layout (fused.COALESCED_IO): whole-row tiles transposed in
 # registers, 16-byte row pieces, one scalar access per value. Only the memory access differs, so
 # the results must be bitwise equal; B crosses BLOCK_B (16 interpreted, 128 on a GPU) with a

@@ -135,6 +135,8 @@ VARIANTS = {
                              "one 4-byte access at a time (lanes N*D values apart)",
     ("triton", "vector-io"): "fused.COALESCED_IO = 'vector': each thread moves its own row in 16-byte "
                              "pieces, no transpose",
+    ("triton", "fused-adjoint-64"): "fused.FUSED_MAX_N[(float32, adjoint)] = 64: the float32 adjoint "
+                                    "as one fused launch up to 64 bodies (default 32, then a launch loop)",
 }
 
 
@@ -157,6 +159,16 @@ def selected_variant(case: Case):
                 os.environ.pop("AITS_CUDA_PAIRS", None)
             else:
                 os.environ["AITS_CUDA_PAIRS"] = before
+    elif case.variant == "fused-adjoint-64":
+        from ..ops.triton import fused
+
+        key = (torch.float32, True)
+        before = fused.FUSED_MAX_N[key]
+        fused.FUSED_MAX_N[key] = 64
+        try:
+            yield
+        finally:
+            fused.FUSED_MAX_N[key] = before
     else:
         from ..ops.triton import fused
 
@@ -254,6 +266,8 @@ def gpu_plan(quick: bool, dry: bool) -> list[Case]:
         plan += [Case("energy_grad", "triton", "float32", N=4, B=grad_b4, steps=grad_steps, wrt="dt,state",
                       variant=v, note="trajectory writes and adjoint reads with this IO mode")
                  for v in ("vector-io", "scalar-io")]
+        plan += [Case("energy_grad", "triton", "float32", N=64, B=grad_b64, steps=grad_steps, wrt="dt,state",
+                      variant="fused-adjoint-64", note="the adjoint as one fused launch at N = 64")]
 
     fewer = "reference: fewer steps per call (the rate is per step)"
     plan += [Case("acceleration", "reference", dtype, N=ref_N, B=1,
@@ -593,6 +607,9 @@ def run_worker(group: str, args: argparse.Namespace) -> int:
     if args.backends:
         wanted = set(args.backends.split(",")) | {"torch", "rebound"}
         plan = [c for c in plan if c.backend in wanted]
+    if args.only:
+        texts = [t for t in args.only.split(",") if t]
+        plan = [c for c in plan if c.kind == "copy" or any(t in c.label() for t in texts)]
 
     available = set(backends())
     log = h.ResultLog(args.results, suite=SUITE, run_id=args.run_id, device=device)
@@ -817,6 +834,10 @@ def gpu_targets(rows: list[dict], quick: bool, dry: bool) -> list[dict]:
             row = find(rows, "energy_grad.backward", backend, N=n, variant=None)
             note = (f"vs no-grad forward {h.si(metric(row, 'backward_over_nograd_forward'))}x" if row
                     else _missing((backend, row)))
+            for name in ("fused-adjoint-64", "vector-io", "scalar-io"):
+                other = find(rows, "energy_grad.backward", backend, N=n, variant=name)
+                if other:
+                    note = _join(note, f"{name} {h.si(metric(other, 'backward_over_forward'))}x")
             out.append(h.Target(f"energy-error backward / forward {backend} N={n} (dt, state)", "<=", 3.0, "x")
                        .evaluate(metric(row, "backward_over_forward"), note))
     return out
@@ -900,6 +921,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--case-budget", type=float, default=None,
                    help="seconds of timed repeats per case (default 3 on the CPU, 2 on a GPU)")
     p.add_argument("--backends", default="", help="comma-separated subset of backends to run")
+    p.add_argument("--only", default="", metavar="TEXT[,TEXT...]",
+                   help="run only the cases whose label contains one of these (e.g. 'energy_grad triton')")
     p.add_argument("--no-rebound", action="store_true", help="skip REBOUND")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     p.add_argument("--worker", choices=sorted(GROUPS), help=argparse.SUPPRESS)
@@ -949,6 +972,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             command.append("--no-rebound")
         if args.backends:
             command += ["--backends", args.backends]
+        if args.only:
+            command += ["--only", args.only]
         try:
             done = subprocess.run(command, env=_child_env(GROUPS[group]), timeout=remaining + 30)
             if done.returncode != 0:

@@ -50,6 +50,12 @@ def pair_vjp_term(r, w, inv, D: tl.constexpr):
     return out
 
 
+# The tidal functions spell every multiply-add as tl.fma. Left to LLVM, `a * b + c` here was
+# contracted differently depending on the code around the call (an H200 run gave different last
+# bits for the same state loaded through two memory paths of fused.py); explicit FMAs round the
+# same way wherever the formula is inlined.
+
+
 @triton.jit
 def _field_offsets(x, R, D: tl.constexpr):
     """u = R - x, |u|^2, |R|^-1: the shared start of the three tidal functions."""
@@ -59,21 +65,31 @@ def _field_offsets(x, R, D: tl.constexpr):
     u2 = u[0] * u[0]
     R2 = R[0] * R[0]
     for d in tl.static_range(1, D):
-        u2 = u2 + u[d] * u[d]
-        R2 = R2 + R[d] * R[d]
+        u2 = tl.fma(u[d], u[d], u2)
+        R2 = tl.fma(R[d], R[d], R2)
     return u, u2, tl.math.rsqrt(R2)
 
 
 @triton.jit
-def tidal_acceleration(x, gm, R, D: tl.constexpr):
-    """G M [ (R - x)/|R - x|^3 - R/|R|^3 ] per coordinate (SPEC.md section 1)."""
+def tidal_acceleration_terms(x, R, D: tl.constexpr):
+    """(R - x)/|R - x|^3 - R/|R|^3 per coordinate: the tidal acceleration over G M (SPEC.md
+    section 1). Callers add G M times it to an acceleration with add_scaled (one FMA)."""
     u, u2, iR = _field_offsets(x, R, D)
     iu = tl.math.rsqrt(u2)
     iu3 = iu * iu * iu
     iR3 = iR * iR * iR
     out = ()
     for d in tl.static_range(D):
-        out = out + (gm * (u[d] * iu3 - R[d] * iR3),)
+        out = out + (tl.fma(u[d], iu3, -(R[d] * iR3)),)
+    return out
+
+
+@triton.jit
+def add_scaled(acc, scale, terms, D: tl.constexpr):
+    """acc + scale * terms per coordinate, as explicit FMAs (see the note above)."""
+    out = ()
+    for d in tl.static_range(D):
+        out = out + (tl.fma(scale, terms[d], acc[d]),)
     return out
 
 
@@ -83,21 +99,22 @@ def tidal_potential(x, gm, R, D: tl.constexpr):
     u, u2, iR = _field_offsets(x, R, D)
     xR = x[0] * R[0]
     for d in tl.static_range(1, D):
-        xR = xR + x[d] * R[d]
-    return -gm * (tl.math.rsqrt(u2) - iR - xR * iR * iR * iR)
+        xR = tl.fma(x[d], R[d], xR)
+    return -gm * tl.fma(-(xR * iR * iR), iR, tl.math.rsqrt(u2) - iR)
 
 
 @triton.jit
-def tidal_acceleration_vjp(x, g, gm, R, D: tl.constexpr):
-    """(d a_tidal / d x)^T g = -G M (|u|^-3 g - 3 (u.g) |u|^-5 u), u = R - x."""
+def tidal_acceleration_vjp_terms(x, g, R, D: tl.constexpr):
+    """(d a_tidal / d x)^T g over G M: -(|u|^-3 g - 3 (u.g) |u|^-5 u), u = R - x. Callers add G M
+    times it with add_scaled."""
     u, u2, iR = _field_offsets(x, R, D)
     ug = u[0] * g[0]
     for d in tl.static_range(1, D):
-        ug = ug + u[d] * g[d]
+        ug = tl.fma(u[d], g[d], ug)
     iu = tl.math.rsqrt(u2)
     iu3 = iu * iu * iu
     coef = 3.0 * ug * iu3 * iu * iu
     out = ()
     for d in tl.static_range(D):
-        out = out + (-gm * (g[d] * iu3 - coef * u[d]),)
+        out = out + (-tl.fma(g[d], iu3, -(coef * u[d])),)
     return out

@@ -31,8 +31,9 @@ from ._formulas import (
     inverse_distance,
     launch_constants,
     pair_vjp_term,
-    tidal_acceleration,
-    tidal_acceleration_vjp,
+    add_scaled,
+    tidal_acceleration_terms,
+    tidal_acceleration_vjp_terms,
 )
 
 # Pairs are unrolled at compile time, and Triton's coalesce pass costs (memory ops) x (IR size),
@@ -279,9 +280,10 @@ def _accelerations_unrolled(x, m, eps2, gm, R, N: tl.constexpr, D: tl.constexpr,
             xi = ()
             for d in tl.static_range(D):
                 xi = xi + (x[i * D + d],)
-            t = tidal_acceleration(xi, gm, R, D)
+            ai = ()
             for d in tl.static_range(D):
-                out = out + (acc[i * D + d] + t[d],)
+                ai = ai + (acc[i * D + d],)
+            out = out + add_scaled(ai, gm, tidal_acceleration_terms(xi, R, D), D)
         else:
             for d in tl.static_range(D):
                 out = out + (acc[i * D + d],)
@@ -322,9 +324,10 @@ def _acceleration_vjp_unrolled(x, m, g, eps2, gm, R, N: tl.constexpr, D: tl.cons
             for d in tl.static_range(D):
                 xi = xi + (x[i * D + d],)
                 gi = gi + (g[i * D + d],)
-            t = tidal_acceleration_vjp(xi, gi, gm, R, D)
+            grad_i = ()
             for d in tl.static_range(D):
-                out = out + (grad[i * D + d] + t[d],)
+                grad_i = grad_i + (grad[i * D + d],)
+            out = out + add_scaled(grad_i, gm, tidal_acceleration_vjp_terms(xi, gi, R, D), D)
         else:
             for d in tl.static_range(D):
                 out = out + (grad[i * D + d],)
@@ -345,12 +348,13 @@ def _tile_pairs(x, eps2, N: tl.constexpr, D: tl.constexpr, NP: tl.constexpr):
 
 
 @triton.jit
-def _with_field_tile(vals, t, N: tl.constexpr, D: tl.constexpr, NP: tl.constexpr):
+def _with_field_tile(vals, gm, terms, N: tl.constexpr, D: tl.constexpr, NP: tl.constexpr):
+    """vals + G M terms on the real bodies of the tiles (padded ones stay at rest)."""
     real = (tl.arange(0, NP) < N)[None, :]
-    out = ()
+    masked = ()
     for d in tl.static_range(D):
-        out = out + (vals[d] + tl.where(real, t[d], 0.0),)
-    return out
+        masked = masked + (tl.where(real, terms[d], 0.0),)
+    return add_scaled(vals, gm, masked, D)
 
 
 @triton.jit
@@ -362,7 +366,7 @@ def _accelerations_tile(x, m, eps2, gm, R, N: tl.constexpr, D: tl.constexpr,
     for d in tl.static_range(D):
         out = out + (tl.sum(w * r[d], axis=1),)
     if HAS_FIELD:
-        out = _with_field_tile(out, tidal_acceleration(x, gm, R, D), N, D, NP)
+        out = _with_field_tile(out, gm, tidal_acceleration_terms(x, R, D), N, D, NP)
     return out
 
 
@@ -380,7 +384,7 @@ def _acceleration_vjp_tile(x, m, g, eps2, gm, R, N: tl.constexpr, D: tl.constexp
     for d in tl.static_range(D):
         out = out + (tl.sum(t[d], axis=1),)
     if HAS_FIELD:
-        out = _with_field_tile(out, tidal_acceleration_vjp(x, g, gm, R, D), N, D, NP)
+        out = _with_field_tile(out, gm, tidal_acceleration_vjp_terms(x, g, R, D), N, D, NP)
     return out
 
 

@@ -26,8 +26,9 @@ from ._formulas import (
     inverse_distance,
     launch_constants,
     pair_vjp_term,
-    tidal_acceleration,
-    tidal_acceleration_vjp,
+    add_scaled,
+    tidal_acceleration_terms,
+    tidal_acceleration_vjp_terms,
     tidal_potential,
 )
 
@@ -158,11 +159,7 @@ def _acceleration_kernel(pos_ptr, mass_ptr, out_ptr, N,
     for d in tl.static_range(D):
         a = a + (G * tl.sum(acc[d], axis=1),)
     if HAS_FIELD:
-        t = tidal_acceleration(x_own, gm, R, D)
-        a_field = ()
-        for d in tl.static_range(D):
-            a_field = a_field + (a[d] + t[d],)
-        a = a_field
+        a = add_scaled(a, gm, tidal_acceleration_terms(x_own, R, D), D)
     out_b = out_ptr + base * D
     for d in tl.static_range(D):
         tl.store(out_b + offs_i * D + d, a[d], mask=imask)
@@ -249,11 +246,7 @@ def _acceleration_vjp_kernel(pos_ptr, mass_ptr, grad_ptr, out_ptr, N,
     for d in tl.static_range(D):
         grad = grad + (G * tl.sum(acc[d], axis=1),)
     if HAS_FIELD:
-        t = tidal_acceleration_vjp(x_own, g_own, gm, R, D)
-        with_field = ()
-        for d in tl.static_range(D):
-            with_field = with_field + (grad[d] + t[d],)
-        grad = with_field
+        grad = add_scaled(grad, gm, tidal_acceleration_vjp_terms(x_own, g_own, R, D), D)
     out_b = out_ptr + base * D
     for d in tl.static_range(D):
         tl.store(out_b + offs_i * D + d, grad[d], mask=imask)
