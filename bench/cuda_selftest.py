@@ -340,8 +340,12 @@ def check_step(report, N, B, D, dtype, steps, integrator, phys_name, seed, dt_sc
     pos64, vel64, mass64 = make_system(B, N, D, seed)
     gen = torch.Generator(device="cpu").manual_seed(seed + 1)
     dt64 = (dt_scale * (0.5 + torch.rand(B, generator=gen, dtype=F64))).to(DEV)
-    gp64 = torch.randn(B, N, D, dtype=F64, device=DEV)
-    gv64 = torch.randn(B, N, D, dtype=F64, device=DEV)
+    # Seeded like the state: in float32 the adjoint of a close encounter is ill-conditioned and
+    # the float32 reference's own error (which sets the tolerance) depends on these vectors; an
+    # unseeded draw once gave a lucky reference (2.2e-6 against 2.5e-5 for another draw, with
+    # CUDA and Triton at 1.2e-5 on both: H200, N = 8, closest pair 0.02).
+    gp64 = torch.randn(B, N, D, generator=gen, dtype=F64).to(DEV)
+    gv64 = torch.randn(B, N, D, generator=gen, dtype=F64).to(DEV)
     pos, vel, mass, dt = (t.to(dtype) for t in (pos64, vel64, mass64, dt64))
     gp, gv = gp64.to(dtype), gv64.to(dtype)
 

@@ -244,7 +244,7 @@ def test_fused_adjoint_up_to_64_bodies(monkeypatch, N, with_field):
     monkeypatch.setitem(fused.FUSED_MAX_N, (torch.float32, True), 64)
     assert fused.can_fuse(N, torch.float32, adjoint=True)
     D, steps, integrator, softening = 3, 3, "yoshida4", 0.05
-    pos, vel, mass, dt = _system(6, N, D, seed=8)
+    pos, vel, mass, dt = _system(3, N, D, seed=8)
     gen = torch.Generator().manual_seed(9)
     grad_pos = torch.randn(pos.shape, generator=gen, dtype=torch.float64)
     grad_vel = torch.randn(pos.shape, generator=gen, dtype=torch.float64)
@@ -260,14 +260,14 @@ def test_fused_adjoint_up_to_64_bodies(monkeypatch, N, with_field):
 
 # The memory paths of the unrolled layout (fused.COALESCED_IO): whole-row tiles transposed in
 # registers, 16-byte row pieces, one scalar access per value. Only the memory access differs, so
-# the results must be bitwise equal; B crosses BLOCK_B (16 interpreted, 128 on a GPU) with a
-# partial last block.
+# the results must be equal (bitwise, but for the adjoint's rounding on a GPU: see below); B
+# crosses BLOCK_B (16 interpreted, 128 on a GPU) with a partial last block.
 IO_CASES = [pytest.param(N, D, dtype, id=f"N{N}-D{D}-{str(dtype)[6:]}")
             for N in (2, 3, 4) for D in (2, 3) for dtype in (torch.float64, torch.float32)]
 
 
 @pytest.mark.parametrize("N, D, dtype", IO_CASES)
-def test_io_modes_are_bitwise_identical(monkeypatch, N, D, dtype):
+def test_io_modes_give_the_same_results(monkeypatch, N, D, dtype):
     from aitimestepper.ops.triton import fused
 
     assert N <= fused.UNROLL_MAX_N, "these cases are meant for the unrolled layout"
@@ -290,11 +290,21 @@ def test_io_modes_are_bitwise_identical(monkeypatch, N, D, dtype):
         plain = _run_step(x, v, m, d, steps, integrator, physics, with_trajectory=False)[:2]
         grads = _run_step_backward(x, v, m, d, gp, gv, steps, integrator, physics)
         results[mode] = (*with_traj, *plain, *grads)
+    # The forward is bitwise the same on every path (checked on an H200 once the tidal terms
+    # were written as explicit FMAs). The adjoint's last bits are not, on a GPU: LLVM contracts
+    # some of its multiply-adds differently when the loads around them change (H200, D = 3 with
+    # the tidal field: grad pos differed by rounding while the forward matched), so there the
+    # gradients must agree to rounding, and all paths are held to the reference below.
     names = ("pos", "vel", "trajectory", "pos without trajectory", "vel without trajectory",
              "grad pos", "grad vel", "grad dt")
     for mode in ("tile", "vector"):
         for name, new, old in zip(names, results[mode], results["scalar"]):
-            assert torch.equal(new, old), f"{name}: the {mode} and scalar memory paths differ"
+            if name.startswith("grad") and DEVICE == "cuda":
+                rtol = 1e-13 if dtype == torch.float64 else 1e-5
+                torch.testing.assert_close(new, old, rtol=rtol, atol=rtol * old.abs().max().item(),
+                                           msg=lambda m: f"{name}: {mode} vs scalar path: {m}")
+            else:
+                assert torch.equal(new, old), f"{name}: the {mode} and scalar memory paths differ"
 
     out_pos, out_vel, traj, plain_pos, plain_vel, *grads = results["tile"]
     assert torch.equal(plain_pos, out_pos) and torch.equal(plain_vel, out_vel)
