@@ -154,3 +154,18 @@ def test_recorded_frames_are_copies_of_the_moving_state(tmp_path):
     assert len(recording.pos) == 30
     assert not torch.equal(recording.pos[0], recording.pos[-1])
     assert torch.equal(recording.pos[-1], out["pos"][0])
+
+
+def test_steps_past_the_end_time_record_no_frames(tmp_path):
+    """The end check runs every CHECK_EVERY steps; the steps in between have dt = 0 and must not
+    add frames (they would repeat the last state and draw dt = 0 at the end of the plot)."""
+    from aitimestepper.simulate import CHECK_EVERY, Recording, Simulator
+
+    cfg = sim_config(tmp_path, integrator_mode="analytic", dt=0.01, steps=1000)
+    systems = make_systems(cfg, torch.Generator().manual_seed(cfg.seed))
+    recording = Recording(max_frames=100)
+    t_end = torch.full((systems.pos.shape[0],), 0.055, dtype=systems.pos.dtype)
+    out = Simulator(cfg).run(systems, t_end, recording)
+    assert CHECK_EVERY > 6, "the end must fall between two checks for this test to mean anything"
+    assert recording.dt == pytest.approx([0.01] * 5 + [0.005])
+    assert recording.t[-1] == pytest.approx(0.055) and out["t"][0].item() == pytest.approx(0.055)

@@ -198,12 +198,15 @@ class Simulator:
             self._record_unchecked(recording, t, pos, vel, mass, dt)
 
     def _record_unchecked(self, recording: Recording, t, pos, vel, mass, dt) -> None:
+        step_dt = dt[0].item()
+        if step_dt == 0.0:  # system 0 did not move (past its end time, or stopped): no new frame
+            return
         energy = ops.total_energy(pos[:1], vel[:1], mass[:1], **self.physics)
         momentum = _norm_of(ops.linear_momentum(vel[:1], mass[:1]))
         angular = _norm_of(ops.angular_momentum(pos[:1], vel[:1], mass[:1]))
         # A copy: the loop's pos is a buffer that the next step overwrites.
         recording.add(t[0].item(), pos[0].to("cpu", copy=True), energy.item(), momentum.item(), angular.item(),
-                      dt[0].item())
+                      step_dt)
 
 
 class _DtStats:
