@@ -36,12 +36,12 @@ void kick(T* pos, T* vel, const T* acc, const T* dt, int64_t B, int64_t state, d
     if (drift) {
 #pragma omp simd
       for (int64_t j = 0; j < state; ++j) {
-        v[j] = v[j] + hh * a[j];
+        v[j] = detail::half_kick(v[j], hh, a[j]);
         x[j] += h * v[j];
       }
     } else {
 #pragma omp simd
-      for (int64_t j = 0; j < state; ++j) v[j] = v[j] + hh * a[j];
+      for (int64_t j = 0; j < state; ++j) v[j] = detail::half_kick(v[j], hh, a[j]);
     }
   }
 }

@@ -71,12 +71,7 @@ struct Call {
   }
 };
 
-// The forward's opening half kick and drift, shared with the backward's recomputation of the
-// drift velocity so both round alike.
-template <typename T>
-inline T half_kick(T v, T half_h, T a) {
-  return v + half_h * a;
-}
+using detail::half_kick;
 
 // ---------------------------------------------------------------------------------------------
 // Small systems: W systems in the SIMD lanes (lanes.h); V = Vec<T, W> holds one quantity of W
