@@ -329,13 +329,16 @@ def test_io_mode_switch(monkeypatch):
 
 
 @pytest.mark.parametrize("integrator", ["leapfrog", "yoshida4"])
-def test_launch_loop_matches(monkeypatch, integrator):
+@pytest.mark.parametrize("fused_boundary", [True, False], ids=["boundary-kernel", "torch-ops"])
+def test_launch_loop_matches(monkeypatch, integrator, fused_boundary):
     """Above fused.FUSED_MAX_N the integrator runs as one pairwise launch per force evaluation
     (test_step covers it too where N = 64 or 17 passes a float64 or adjoint limit); force that
-    path at N = 5 and 17 and hold it to the same reference."""
-    from aitimestepper.ops.triton import fused
+    path at N = 5 and 17 and hold it to the same reference, with the adjoint's per-boundary work
+    as one kernel and as the torch ops it replaced (integrate.FUSED_BOUNDARY)."""
+    from aitimestepper.ops.triton import fused, integrate
 
     monkeypatch.setattr(fused, "FUSED_MAX_N", {key: 4 for key in fused.FUSED_MAX_N})
+    monkeypatch.setattr(integrate, "FUSED_BOUNDARY", fused_boundary)
     for N, D, field in ((5, 3, _field(True, 3)), (17, 2, None)):
         pos, vel, mass, dt = _on(torch.float64, *_system(3, N, D, seed=3))
         kw = dict(G=1.0, softening=0.05, field=field)

@@ -137,6 +137,8 @@ VARIANTS = {
                              "pieces, no transpose",
     ("triton", "fused-adjoint-64"): "fused.FUSED_MAX_N[(float32, adjoint)] = 64: the float32 adjoint "
                                     "as one fused launch up to 64 bodies (default 32, then a launch loop)",
+    ("triton", "torch-boundary"): "integrate.FUSED_BOUNDARY = False: the launch loop's per-boundary "
+                                  "adjoint work as torch elementwise ops instead of one kernel",
 }
 
 
@@ -159,6 +161,15 @@ def selected_variant(case: Case):
                 os.environ.pop("AITS_CUDA_PAIRS", None)
             else:
                 os.environ["AITS_CUDA_PAIRS"] = before
+    elif case.variant == "torch-boundary":
+        from ..ops.triton import integrate
+
+        before = integrate.FUSED_BOUNDARY
+        integrate.FUSED_BOUNDARY = False
+        try:
+            yield
+        finally:
+            integrate.FUSED_BOUNDARY = before
     elif case.variant == "fused-adjoint-64":
         from ..ops.triton import fused
 
@@ -267,7 +278,9 @@ def gpu_plan(quick: bool, dry: bool) -> list[Case]:
                       variant=v, note="trajectory writes and adjoint reads with this IO mode")
                  for v in ("vector-io", "scalar-io")]
         plan += [Case("energy_grad", "triton", "float32", N=64, B=grad_b64, steps=grad_steps, wrt="dt,state",
-                      variant="fused-adjoint-64", note="the adjoint as one fused launch at N = 64")]
+                      variant=v, note=note)
+                 for v, note in (("torch-boundary", "baseline: the launch loop's boundary work as torch ops"),
+                                 ("fused-adjoint-64", "the adjoint as one fused launch at N = 64"))]
 
     fewer = "reference: fewer steps per call (the rate is per step)"
     plan += [Case("acceleration", "reference", dtype, N=ref_N, B=1,
@@ -834,7 +847,7 @@ def gpu_targets(rows: list[dict], quick: bool, dry: bool) -> list[dict]:
             row = find(rows, "energy_grad.backward", backend, N=n, variant=None)
             note = (f"vs no-grad forward {h.si(metric(row, 'backward_over_nograd_forward'))}x" if row
                     else _missing((backend, row)))
-            for name in ("fused-adjoint-64", "vector-io", "scalar-io"):
+            for name in ("torch-boundary", "fused-adjoint-64", "vector-io", "scalar-io"):
                 other = find(rows, "energy_grad.backward", backend, N=n, variant=name)
                 if other:
                     note = _join(note, f"{name} {h.si(metric(other, 'backward_over_forward'))}x")
