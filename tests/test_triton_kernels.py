@@ -143,6 +143,22 @@ def test_acceleration_vjp(N, D, dtype, B, softening, with_field):
            _reference_vjp(x.cpu(), m.cpu(), g.cpu(), kw))
 
 
+def test_acceleration_vjp_accumulates():
+    """accumulate=True adds the VJP into out with one rounding, as out + vjp would. N = 45 is
+    used by no other test, so on a GPU this call is the autotuner's first at that size: its
+    trial launches must leave out as it was (restore_value)."""
+    from aitimestepper.ops.triton import pairwise
+
+    pos, vel, mass, _ = _system(5, 45, 3, seed=11)
+    x, m, g, start = _on(torch.float32, pos, mass, vel, pos.flip(-1))
+    physics = _physics(1.0, 0.05, None, 3)
+    out = start.clone()
+    pairwise.acceleration_vjp(x, m, g, out, physics, accumulate=True)
+    vjp = torch.empty_like(x)
+    pairwise.acceleration_vjp(x, m, g, vjp, physics)
+    assert torch.equal(out, start + vjp)
+
+
 # ------------------------------------------------------------------------------------------
 # step and step_backward. N = 2, 3, 5 take the fused per-thread (unrolled) layout, 17 and 64
 # the fused tile layout; test_launch_loop_matches forces the one-launch-per-force path.

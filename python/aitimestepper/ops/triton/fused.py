@@ -70,6 +70,20 @@ def can_fuse(N: int, dtype: torch.dtype, adjoint: bool) -> bool:
     return N <= FUSED_MAX_N[(dtype, adjoint)]
 
 
+# Warps of a tile-layout launch, (N_PAD, dtype, adjoint) -> num_warps, where set; otherwise
+# _layout's rule. More warps spread the sources j of the pair block over more threads: fewer
+# registers per thread (sm_90, float32 adjoint, N = 64: 4 warps 255 registers + 182 spill
+# instructions, 8 warps 254, 16 warps 128; N = 32: 2 warps 237, 4 warps 144), at the price of a
+# sum over j across warps. The benchmark's adjoint variants set it to time the choices.
+TILE_WARPS: dict[tuple[int, torch.dtype, bool], int] = {}
+
+# The tile-layout adjoint loads boundary b-1's trajectory before it computes boundary b's VJP.
+# Such a program holds one or a few systems and its registers allow one or two programs per SM,
+# so no other work covers the loads' latency; the prefetched tiles cost a register or two per
+# thread. (The unrolled layout would pay 3 N D registers and has many programs per SM: never.)
+ADJOINT_PREFETCH = True
+
+
 # ---------------------------------------------------------------------------------------------
 # State access: a flat tuple of N*D [BLOCK_B] vectors (UNROLL, entry i*D + d) or D [BLOCK_B, NP]
 # tiles. `sys` is the int64 index of each system (trajectories pass 2^31 elements at large B).
@@ -215,6 +229,16 @@ def _store_boundary(traj_ptr, boundary, B, sys, smask, x, v, a, N: tl.constexpr,
     _store_bodies(_trajectory_slot(traj_ptr, boundary, 0, B, N, D), sys, smask, x, N, D, NP, UNROLL, IO_MODE)
     _store_bodies(_trajectory_slot(traj_ptr, boundary, 1, B, N, D), sys, smask, v, N, D, NP, UNROLL, IO_MODE)
     _store_bodies(_trajectory_slot(traj_ptr, boundary, 2, B, N, D), sys, smask, a, N, D, NP, UNROLL, IO_MODE)
+
+
+@triton.jit
+def _load_boundary(traj_ptr, boundary, B, sys, smask, N: tl.constexpr, D: tl.constexpr,
+                   NP: tl.constexpr, UNROLL: tl.constexpr, IO_MODE: tl.constexpr):
+    """(x, v, a) = trajectory[boundary]."""
+    x = _load_bodies(_trajectory_slot(traj_ptr, boundary, 0, B, N, D), sys, smask, N, D, NP, UNROLL, IO_MODE)
+    v = _load_bodies(_trajectory_slot(traj_ptr, boundary, 1, B, N, D), sys, smask, N, D, NP, UNROLL, IO_MODE)
+    a = _load_bodies(_trajectory_slot(traj_ptr, boundary, 2, B, N, D), sys, smask, N, D, NP, UNROLL, IO_MODE)
+    return x, v, a
 
 
 @triton.jit
@@ -498,7 +522,7 @@ def _step_backward_kernel(traj_ptr, mass_ptr, dt_ptr, grad_pos_ptr, grad_vel_ptr
                           c0_in: tl.float64, c1_in: tl.float64, c2_in: tl.float64,
                           N: tl.constexpr, D: tl.constexpr, NP: tl.constexpr, NSUB: tl.constexpr,
                           UNROLL: tl.constexpr, HAS_FIELD: tl.constexpr, BLOCK_B: tl.constexpr,
-                          IO_MODE: tl.constexpr = 1):
+                          IO_MODE: tl.constexpr = 1, PREFETCH: tl.constexpr = False):
     DTYPE = traj_ptr.dtype.element_ty
     G, eps2, gm, R = launch_constants(G_in, eps2_in, gm_in, rx, ry, rz, DTYPE)
     c0 = tl.full([], c0_in, DTYPE)
@@ -517,6 +541,10 @@ def _step_backward_kernel(traj_ptr, mass_ptr, dt_ptr, grad_pos_ptr, grad_vel_ptr
                      IO_MODE)
     a = _load_bodies(_trajectory_slot(traj_ptr, S, 2, B, N, D), sys, smask, N, D, NP, UNROLL,
                      IO_MODE)
+    # With PREFETCH, boundary b-1's x, v, a are loaded before boundary b's VJP, so their memory
+    # latency hides behind it (see ADJOINT_PREFETCH).
+    if PREFETCH:
+        xn, vn, an = _load_boundary(traj_ptr, tl.maximum(S - 1, 0), B, sys, smask, N, D, NP, UNROLL, IO_MODE)
     gx, gdt = _boundary_adjoint(gx, gv, gdt, x, a, m, 0.5 * c_last, dt_b, eps2, gm, R,
                                 N, D, NP, K, UNROLL, HAS_FIELD)
     # Then, for each substep b = S-1 .. 0: its drift and kicks, then the boundary b it starts from
@@ -524,12 +552,12 @@ def _step_backward_kernel(traj_ptr, mass_ptr, dt_ptr, grad_pos_ptr, grad_vel_ptr
     for it in range(S):
         b = S - 1 - it
         c_b = _substep_weight(b % NSUB, c0, c1, c2)
-        x = _load_bodies(_trajectory_slot(traj_ptr, b, 0, B, N, D), sys, smask, N, D, NP, UNROLL,
-                         IO_MODE)
-        v = _load_bodies(_trajectory_slot(traj_ptr, b, 1, B, N, D), sys, smask, N, D, NP, UNROLL,
-                         IO_MODE)
-        a = _load_bodies(_trajectory_slot(traj_ptr, b, 2, B, N, D), sys, smask, N, D, NP, UNROLL,
-                         IO_MODE)
+        if PREFETCH:
+            x, v, a = xn, vn, an
+            xn, vn, an = _load_boundary(traj_ptr, tl.maximum(b - 1, 0), B, sys, smask, N, D, NP, UNROLL,
+                                        IO_MODE)
+        else:
+            x, v, a = _load_boundary(traj_ptr, b, B, sys, smask, N, D, NP, UNROLL, IO_MODE)
         h = c_b * dt_b
         v_half = _axpy(v, 0.5 * h, a, K)  # the drift velocity, exactly as the forward made it
         gdt = gdt + c_b * _per_system_dot(gx, v_half, K, UNROLL)
@@ -559,7 +587,7 @@ def _layout(N: int, dtype: torch.dtype, adjoint: bool):
     # 1.3e8); float64 and the adjoint spread j over twice the warps to halve the registers.
     block_b = max(1, 32 // NP)
     warps = max(1, block_b * NP // 32) * (2 if dtype == torch.float64 else 1) * (2 if adjoint else 1)
-    return False, NP, block_b, warps
+    return False, NP, block_b, TILE_WARPS.get((NP, dtype, adjoint), warps)
 
 
 def _io_mode(unroll: bool) -> int:
@@ -606,5 +634,5 @@ def step_backward(trajectory, mass, dt, grad_pos, grad_vel, out_grad_pos, out_gr
         trajectory, mass, dt, grad_pos, grad_vel, out_grad_pos, out_grad_vel, out_grad_dt,
         B, int(steps), *phys.scalars(), *c,
         N=N, D=D, NP=NP, NSUB=nsub, UNROLL=unroll, HAS_FIELD=phys.has_field, BLOCK_B=block_b,
-        IO_MODE=_io_mode(unroll), num_warps=warps,
+        IO_MODE=_io_mode(unroll), PREFETCH=ADJOINT_PREFETCH and not unroll, num_warps=warps,
     )

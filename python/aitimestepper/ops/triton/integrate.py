@@ -18,8 +18,9 @@ import triton.language as tl
 from . import _launch, fused, pairwise
 
 # The adjoint loop's O(N) work per boundary (the substep's drift/kick adjoint, the VJP's weight,
-# the two d/d(dt) sums) as one launch of _boundary_adjoint_kernel (True) or as the ~14 torch
-# elementwise ops it replaces (False). At N = 64, B = 16384 those ops moved ~13 MB each and cost
+# the two d/d(dt) sums) as one launch of _boundary_adjoint_kernel, with the VJP launch adding
+# straight into the running gradient (True), or as the ~14 torch elementwise ops they replace
+# (False). At N = 64, B = 16384 those ops moved ~13 MB each and cost
 # about as much as the VJP launches themselves. Read per call, so a benchmark can time both.
 FUSED_BOUNDARY = True
 
@@ -113,7 +114,6 @@ def _step_backward_launch_loop(trajectory, mass, dt, grad_pos, grad_vel, out_gra
     gx = out_grad_pos.copy_(grad_pos)
     gv = out_grad_vel.copy_(grad_vel)
     gdt = out_grad_dt.zero_()
-    vjp = torch.empty_like(gx)
     nsub = len(weights)
     S = steps * nsub
     if FUSED_BOUNDARY:
@@ -123,9 +123,10 @@ def _step_backward_launch_loop(trajectory, mass, dt, grad_pos, grad_vel, out_gra
             c_prev = weights[(b - 1) % nsub] if b > 0 else 0.0
             _boundary_adjoint(gx, gv, trajectory[b, 1], trajectory[b, 2], dt, w, gdt, c,
                               0.5 * (c_prev + c), substep=b < S)
-            pairwise.acceleration_vjp(trajectory[b, 0], mass, w, vjp, physics)
-            gx.add_(vjp)
+            pairwise.acceleration_vjp(trajectory[b, 0], mass, w, gx, physics, accumulate=True)
         return
+
+    vjp = torch.empty_like(gx)
 
     def boundary_adjoint(b: int, k: float) -> None:
         # The kicks on both sides of boundary b share a_b: one VJP with weight k = (c_{b-1}+c_b)/2.

@@ -210,7 +210,7 @@ def _potential_kernel(pos_ptr, mass_ptr, partial_ptr, N, n_slots,
 def _acceleration_vjp_kernel(pos_ptr, mass_ptr, grad_ptr, out_ptr, N,
                              G_in: tl.float64, eps2_in: tl.float64, gm_in: tl.float64,
                              rx: tl.float64, ry: tl.float64, rz: tl.float64,
-                             D: tl.constexpr, HAS_FIELD: tl.constexpr,
+                             D: tl.constexpr, HAS_FIELD: tl.constexpr, ACCUMULATE: tl.constexpr,
                              BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
     DTYPE = pos_ptr.dtype.element_ty
     G, eps2, gm, R = launch_constants(G_in, eps2_in, gm_in, rx, ry, rz, DTYPE)
@@ -249,7 +249,10 @@ def _acceleration_vjp_kernel(pos_ptr, mass_ptr, grad_ptr, out_ptr, N,
         grad = add_scaled(grad, gm, tidal_acceleration_vjp_terms(x_own, g_own, R, D), D)
     out_b = out_ptr + base * D
     for d in tl.static_range(D):
-        tl.store(out_b + offs_i * D + d, grad[d], mask=imask)
+        value = grad[d]
+        if ACCUMULATE:  # out += VJP: one rounding, as out.add_(vjp) would give
+            value = tl.load(out_b + offs_i * D + d, mask=imask, other=0.0) + value
+        tl.store(out_b + offs_i * D + d, value, mask=imask)
 
 
 # GPU tile configurations (BLOCK_I a multiple of BLOCK_J). Lanes run along j and warps along i, so
@@ -259,6 +262,11 @@ def _acceleration_vjp_kernel(pos_ptr, mass_ptr, grad_ptr, out_ptr, N,
 # VJP spills at 128 x 32 on 4 warps, which the autotuner sees as slow.
 _GPU_CONFIGS = [
     triton.Config({"BLOCK_I": 32, "BLOCK_J": 32}, num_warps=4),
+    # Fewer registers for small systems, where a program sweeps only a few tiles and the loads'
+    # latency is hidden by other programs rather than by the sweep (sm_90, float32 VJP: 32 x 32 on
+    # 4 warps 164 registers, on 8 warps 97; 32 x 16 on 4 warps 79).
+    triton.Config({"BLOCK_I": 32, "BLOCK_J": 32}, num_warps=8),
+    triton.Config({"BLOCK_I": 32, "BLOCK_J": 16}, num_warps=4),
     triton.Config({"BLOCK_I": 64, "BLOCK_J": 32}, num_warps=4),
     triton.Config({"BLOCK_I": 64, "BLOCK_J": 32}, num_warps=8),
     triton.Config({"BLOCK_I": 128, "BLOCK_J": 32}, num_warps=4),
@@ -285,15 +293,18 @@ if not _launch.INTERPRET:
     _tune = dict(key=["N", "D"], prune_configs_by={"early_config_prune": _useful_configs})
     _acceleration_tuned = triton.autotune(_GPU_CONFIGS, **_tune)(_acceleration_kernel)
     _potential_tuned = triton.autotune(_GPU_CONFIGS, reset_to_zero=["partial_ptr"], **_tune)(_potential_kernel)
-    _vjp_tuned = triton.autotune(_GPU_CONFIGS, **_tune)(_acceleration_vjp_kernel)
+    # With ACCUMULATE the kernel adds into out, so tuning trials must each start from its value.
+    _vjp_tuned = triton.autotune(_GPU_CONFIGS, restore_value=["out_ptr"], **_tune)(_acceleration_vjp_kernel)
 
 
-def _launch_pairwise(kernel, tuned, tensors, B: int, N: int, D: int, phys: _launch.Physics, extra=()):
+def _launch_pairwise(kernel, tuned, tensors, B: int, N: int, D: int, phys: _launch.Physics, extra=(),
+                     **constexprs):
     args = (*tensors, N, *extra, *phys.scalars())
+    constexprs.update(D=D, HAS_FIELD=phys.has_field)
     if _launch.INTERPRET:
         with _launch.quiet_interpreter():
             kernel[(B, triton.cdiv(N, _INTERPRET_BLOCK_I))](
-                *args, D=D, HAS_FIELD=phys.has_field, BLOCK_I=_INTERPRET_BLOCK_I, BLOCK_J=_INTERPRET_BLOCK_J)
+                *args, **constexprs, BLOCK_I=_INTERPRET_BLOCK_I, BLOCK_J=_INTERPRET_BLOCK_J)
     elif not _AUTOTUNE:
         block_i, block_j, warps = _DEFAULT_TILE[tensors[0].dtype]
         fit = max(block_j, triton.next_power_of_2(N))
@@ -301,9 +312,9 @@ def _launch_pairwise(kernel, tuned, tensors, B: int, N: int, D: int, phys: _laun
             warps = max(1, warps * fit // block_i)
             block_i = fit
         kernel[(B, triton.cdiv(N, block_i))](
-            *args, D=D, HAS_FIELD=phys.has_field, BLOCK_I=block_i, BLOCK_J=block_j, num_warps=warps)
+            *args, **constexprs, BLOCK_I=block_i, BLOCK_J=block_j, num_warps=warps)
     else:
-        tuned[lambda meta: (B, triton.cdiv(N, meta["BLOCK_I"]))](*args, D=D, HAS_FIELD=phys.has_field)
+        tuned[lambda meta: (B, triton.cdiv(N, meta["BLOCK_I"]))](*args, **constexprs)
 
 
 def acceleration(pos: torch.Tensor, mass: torch.Tensor, out: torch.Tensor, physics) -> None:
@@ -334,12 +345,14 @@ def potential_energy(pos: torch.Tensor, mass: torch.Tensor, out: torch.Tensor, p
     torch.sum(partial, dim=1, out=out)
 
 
-def acceleration_vjp(pos: torch.Tensor, mass: torch.Tensor, grad_acc: torch.Tensor, out: torch.Tensor, physics) -> None:
-    """out[B, N, D] = (d acceleration / d pos)^T grad_acc, pair terms and tidal field."""
+def acceleration_vjp(pos: torch.Tensor, mass: torch.Tensor, grad_acc: torch.Tensor, out: torch.Tensor, physics,
+                     accumulate: bool = False) -> None:
+    """out[B, N, D] = (d acceleration / d pos)^T grad_acc, pair terms and tidal field (out += ...
+    with accumulate: the adjoint loop adds each boundary's VJP into its running gradient)."""
     B, N, D = pos.shape
     if B == 0 or N == 0:
         return
     _launch.check_device(pos, mass, grad_acc, out)
     tuned = None if _launch.INTERPRET else _vjp_tuned
     _launch_pairwise(_acceleration_vjp_kernel, tuned, (pos, mass, grad_acc, out), B, N, D,
-                     _launch.unpack_physics(physics))
+                     _launch.unpack_physics(physics), ACCUMULATE=accumulate)
