@@ -12,14 +12,17 @@
 #
 # Environment: OUT (results folder; a temp folder if unset), PYTHON (default python3),
 # AITS_GPU_CHECK_BUDGET (seconds, default 450), AITS_SKIP_BUILD=1 (no-GPU mode: skip the
-# build check), AITS_BENCH_ARGS (extra arguments for the benchmark, e.g. "--quick").
+# build check), AITS_BENCH_ARGS (extra arguments for the benchmark, e.g. "--quick" or
+# "--only 'energy_grad triton'"), AITS_TEST_K (pytest -k expression instead of the GPU subset),
+# AITS_SKIP_TESTS=1 / AITS_SKIP_SELFTEST=1.
 
 set -u -o pipefail
 
 # The GPU test subset: edit here when the tests' markers or keywords change. Triton compiles
 # each fused variant for seconds on first use (CPU-bound), so the tests spread over processes
 # with pytest-xdist where it is installed (it is on the lent GPU image).
-TEST_SELECTION=(-k "cuda or triton")
+# AITS_TEST_K replaces the keyword expression (a follow-up call that reruns a few tests).
+TEST_SELECTION=(-k "${AITS_TEST_K:-cuda or triton}")
 TEST_WORKERS=${AITS_TEST_WORKERS:-8}
 
 TOTAL_BUDGET_S=${AITS_GPU_CHECK_BUDGET:-450}

@@ -45,6 +45,7 @@ import argparse
 import contextlib
 import dataclasses
 import gc
+import importlib
 import os
 import subprocess
 import sys
@@ -126,69 +127,69 @@ class Case:
         return " ".join(parts)
 
 
-# Alternative implementations a case can select, as (backend, variant) -> what it switches: the
-# baseline of an optimization is timed in the same run as the optimized default.
-VARIANTS = {
-    ("cuda", "plain"): "AITS_CUDA_PAIRS=plain: the tiled kernel that evaluates each pair twice",
-    ("cuda", "symmetric"): "AITS_CUDA_PAIRS=symmetric: each pair once wherever it can run",
-    ("triton", "scalar-io"): "fused.COALESCED_IO = 'scalar': each thread moves its own system's values "
-                             "one 4-byte access at a time (lanes N*D values apart)",
-    ("triton", "vector-io"): "fused.COALESCED_IO = 'vector': each thread moves its own row in 16-byte "
-                             "pieces, no transpose",
-    ("triton", "fused-adjoint-64"): "fused.FUSED_MAX_N[(float32, adjoint)] = 64: the float32 adjoint "
-                                    "as one fused launch up to 64 bodies (default 32, then a launch loop)",
-    ("triton", "torch-boundary"): "integrate.FUSED_BOUNDARY = False: the launch loop's per-boundary "
-                                  "adjoint work as torch elementwise ops instead of one kernel",
+# Alternative implementations a case can select: (backend, variant) -> (what it is, its switches).
+# A switch is ("env", NAME, value) for an environment variable the compiled code reads at each
+# launch, or (module, attribute, value) / (module, attribute, key, value) for a module setting
+# (or one entry of a dict setting) of the Triton backend, read at each launch. The baseline of an
+# optimization is timed in the same run as the optimized default.
+_F32_ADJOINT = (torch.float32, True)
+VARIANTS: dict[tuple[str, str], tuple[str, tuple]] = {
+    ("cuda", "plain"): ("AITS_CUDA_PAIRS=plain: the tiled kernel that evaluates each pair twice",
+                        (("env", "AITS_CUDA_PAIRS", "plain"),)),
+    ("cuda", "symmetric"): ("AITS_CUDA_PAIRS=symmetric: each pair once wherever it can run",
+                            (("env", "AITS_CUDA_PAIRS", "symmetric"),)),
+    ("cuda", "scalar-io"): ("AITS_CUDA_SLAB_IO=scalar: the one-thread-per-system kernels move their slabs "
+                            "in 4/8-byte accesses instead of 16-byte vectors",
+                            (("env", "AITS_CUDA_SLAB_IO", "scalar"),)),
+    ("triton", "scalar-io"): ("fused.COALESCED_IO = 'scalar': each thread moves its own system's values "
+                              "one 4-byte access at a time (lanes N*D values apart)",
+                              (("fused", "COALESCED_IO", "scalar"),)),
+    ("triton", "vector-io"): ("fused.COALESCED_IO = 'vector': each thread moves its own row in 16-byte "
+                              "pieces, no transpose",
+                              (("fused", "COALESCED_IO", "vector"),)),
+    ("triton", "torch-boundary"): ("integrate.FUSED_BOUNDARY = False: the launch loop's per-boundary "
+                                   "adjoint work as torch elementwise ops instead of one kernel",
+                                   (("integrate", "FUSED_BOUNDARY", False),)),
+    ("triton", "fused-adjoint-64"): ("fused.FUSED_MAX_N[(float32, adjoint)] = 64: the float32 adjoint "
+                                     "as one fused launch up to 64 bodies (default 32, then a launch loop)",
+                                     (("fused", "FUSED_MAX_N", _F32_ADJOINT, 64),)),
+    ("triton", "no-prefetch"): ("fused.ADJOINT_PREFETCH = False: the fused tile adjoint loads each "
+                                "boundary's trajectory when it reaches it",
+                                (("fused", "ADJOINT_PREFETCH", False),)),
+    ("triton", "adjoint-32-4w"): ("fused.TILE_WARPS[(32, float32, adjoint)] = 4 (default 2)",
+                                  (("fused", "TILE_WARPS", (32, *_F32_ADJOINT), 4),)),
 }
+for _warps in (8, 16):  # the fused adjoint at N = 64 on more warps (default 4: spills)
+    VARIANTS[("triton", f"fused-adjoint-64-{_warps}w")] = (
+        f"fused-adjoint-64 on {_warps} warps (fused.TILE_WARPS[(64, float32, adjoint)])",
+        (("fused", "FUSED_MAX_N", _F32_ADJOINT, 64), ("fused", "TILE_WARPS", (64, *_F32_ADJOINT), _warps)))
+VARIANTS[("triton", "fused-adjoint-64-8w-no-prefetch")] = (
+    "fused-adjoint-64-8w with fused.ADJOINT_PREFETCH = False",
+    VARIANTS[("triton", "fused-adjoint-64-8w")][1] + VARIANTS[("triton", "no-prefetch")][1])
 
 
 @contextlib.contextmanager
 def selected_variant(case: Case):
-    """Switch `case.backend` to `case.variant` while the case runs."""
+    """Apply `case.variant`'s switches while the case runs; put everything back afterwards."""
+    from unittest import mock
+
     if not case.variant:
         yield
         return
     if (case.backend, case.variant) not in VARIANTS:
         raise ValueError(f"unknown variant {case.variant!r} of backend {case.backend!r}; "
                          f"known: {sorted(VARIANTS)}")
-    if case.backend == "cuda":
-        before = os.environ.get("AITS_CUDA_PAIRS")
-        os.environ["AITS_CUDA_PAIRS"] = case.variant
-        try:
-            yield
-        finally:
-            if before is None:
-                os.environ.pop("AITS_CUDA_PAIRS", None)
+    with contextlib.ExitStack() as stack:
+        for switch in VARIANTS[(case.backend, case.variant)][1]:
+            if switch[0] == "env":
+                stack.enter_context(mock.patch.dict(os.environ, {switch[1]: switch[2]}))
+                continue
+            module = importlib.import_module(f"aitimestepper.ops.triton.{switch[0]}")
+            if len(switch) == 3:
+                stack.enter_context(mock.patch.object(module, switch[1], switch[2]))
             else:
-                os.environ["AITS_CUDA_PAIRS"] = before
-    elif case.variant == "torch-boundary":
-        from ..ops.triton import integrate
-
-        before = integrate.FUSED_BOUNDARY
-        integrate.FUSED_BOUNDARY = False
-        try:
-            yield
-        finally:
-            integrate.FUSED_BOUNDARY = before
-    elif case.variant == "fused-adjoint-64":
-        from ..ops.triton import fused
-
-        key = (torch.float32, True)
-        before = fused.FUSED_MAX_N[key]
-        fused.FUSED_MAX_N[key] = 64
-        try:
-            yield
-        finally:
-            fused.FUSED_MAX_N[key] = before
-    else:
-        from ..ops.triton import fused
-
-        before = fused.COALESCED_IO
-        fused.COALESCED_IO = case.variant.removesuffix("-io")
-        try:
-            yield
-        finally:
-            fused.COALESCED_IO = before
+                stack.enter_context(mock.patch.dict(getattr(module, switch[1]), {switch[2]: switch[3]}))
+        yield
 
 
 # ------------------------------------------------------------------------------------------------
@@ -277,10 +278,21 @@ def gpu_plan(quick: bool, dry: bool) -> list[Case]:
         plan += [Case("energy_grad", "triton", "float32", N=4, B=grad_b4, steps=grad_steps, wrt="dt,state",
                       variant=v, note="trajectory writes and adjoint reads with this IO mode")
                  for v in ("vector-io", "scalar-io")]
+        plan += [Case("step1", "cuda", "float32", N=4, B=b4, steps=1, variant="scalar-io",
+                      note="baseline: 4-byte coalesced slab loads and stores")]
         plan += [Case("energy_grad", "triton", "float32", N=64, B=grad_b64, steps=grad_steps, wrt="dt,state",
                       variant=v, note=note)
                  for v, note in (("torch-boundary", "baseline: the launch loop's boundary work as torch ops"),
-                                 ("fused-adjoint-64", "the adjoint as one fused launch at N = 64"))]
+                                 ("fused-adjoint-64", "the adjoint as one fused launch at N = 64, 4 warps"),
+                                 ("fused-adjoint-64-8w", "the fused adjoint on 8 warps"),
+                                 ("fused-adjoint-64-16w", "the fused adjoint on 16 warps"),
+                                 ("fused-adjoint-64-8w-no-prefetch", "8 warps, trajectory not prefetched"))]
+        # N = 32: the float32 adjoint's largest fused size by default.
+        plan += [Case("energy_grad", b, "float32", N=32, B=4 * grad_b64, steps=grad_steps, wrt="dt,state",
+                      variant=v, note=note)
+                 for b, v, note in (("cuda", "", ""), ("triton", "", ""),
+                                    ("triton", "adjoint-32-4w", "the fused adjoint on 4 warps"),
+                                    ("triton", "no-prefetch", "trajectory not prefetched"))]
 
     fewer = "reference: fewer steps per call (the rate is per step)"
     plan += [Case("acceleration", "reference", dtype, N=ref_N, B=1,
@@ -836,7 +848,7 @@ def gpu_targets(rows: list[dict], quick: bool, dry: bool) -> list[dict]:
         bw = metric(row, "bytes_per_s")
         note = (f"{h.si(bw)} B/s vs copy {h.si(metric(row, 'copy_bytes_per_s'))} B/s; kernel alone "
                 f"{h.si(metric(raw, 'fraction_of_copy'))}" if bw else _missing((backend, row)))
-        for name in ("scalar-io", "vector-io"):
+        for name in sorted({v for b, v in VARIANTS if b == backend}):
             other = find(rows, "step1", backend, N=4, B=b4, checked=False, raw=False, variant=name)
             if other:
                 note = _join(note, f"{name} {h.si(metric(other, 'fraction_of_copy'))}")
@@ -847,7 +859,7 @@ def gpu_targets(rows: list[dict], quick: bool, dry: bool) -> list[dict]:
             row = find(rows, "energy_grad.backward", backend, N=n, variant=None)
             note = (f"vs no-grad forward {h.si(metric(row, 'backward_over_nograd_forward'))}x" if row
                     else _missing((backend, row)))
-            for name in ("torch-boundary", "fused-adjoint-64", "vector-io", "scalar-io"):
+            for name in sorted({v for b, v in VARIANTS if b == backend}):
                 other = find(rows, "energy_grad.backward", backend, N=n, variant=name)
                 if other:
                     note = _join(note, f"{name} {h.si(metric(other, 'backward_over_forward'))}x")
