@@ -14,8 +14,9 @@ Error = max |kernel - oracle| / max |oracle| over the output. A float64 kernel m
 3x the error of the reference itself run in float32, or within 4 sqrt(N) u (u = 2^-24: the
 typical growth of a length-N float32 sum), whichever is larger. Also checked: the trajectory's first and
 last boundaries equal the inputs and outputs bit for bit, a step with and without trajectory
-gives identical results, repeated calls are bitwise identical (no atomics), and a call on a
-non-default stream. Prints one PASS/FAIL line per check; exits 1 if any fails.
+gives identical results, repeated calls are bitwise identical (no atomics), a call on a
+non-default stream, and the small kernels' two slab IO modes (AITS_CUDA_SLAB_IO) bitwise equal.
+Prints one PASS/FAIL line per check; exits 1 if any fails.
 
     python bench/cuda_selftest.py            # expected 15-30 s on an H100/H200
     python bench/cuda_selftest.py --quick    # a smaller subset
@@ -405,6 +406,60 @@ def check_determinism_and_stream(report):
     report.line(torch.equal(main_pos, side_pos), "non-default stream gives the same step result")
 
 
+def check_slab_io(report):
+    """AITS_CUDA_SLAB_IO=vector (16-byte accesses, the default) against =scalar in the one-thread-
+    per-system kernels: only memory instructions differ, so every output must be bitwise equal.
+    B = 256: full blocks only; 300: a partial last block; 129: a last block of one system. The
+    unaligned rows pass positions one element off a 16-byte boundary (the scalar path either way)."""
+    def outputs(pos, vel, mass, dt, gp, gv, phys):
+        out_pos, out_vel, traj = k_step(pos, vel, mass, dt, 3, "yoshida4", phys)
+        grads = k_step_backward(traj, mass, dt, gp, gv, 3, "yoshida4", phys)
+        return [out_pos, out_vel, traj, *grads, k_acceleration(pos, mass, phys),
+                k_potential(pos, mass, phys), k_vjp(pos, mass, gp, phys)]
+
+    before = os.environ.get("AITS_CUDA_SLAB_IO")
+    try:
+        for dtype in (torch.float32, F64):
+            for D in (2, 3):
+                for N in (2, 3, 4, 6) + ((8,) if dtype == torch.float32 else ()):
+                    ok, where = True, []
+                    for B in (256, 300, 129):
+                        for unaligned in (False, True):
+                            pos, vel, mass = (t.to(dtype) for t in make_system(B, N, D, 7 + N))
+                            if unaligned:
+                                buffer = torch.empty(pos.numel() + 1, dtype=dtype, device=DEV)
+                                pos = buffer[1:].view(pos.shape).copy_(pos)
+                            gen = torch.Generator(device="cpu").manual_seed(N)
+                            gp, gv = (torch.randn(B, N, D, generator=gen, dtype=F64).to(DEV, dtype)
+                                      for _ in range(2))
+                            dt = torch.full((B,), 2e-3, dtype=dtype, device=DEV)
+                            phys = physics_tuple(0.7, 0.05, None, D)
+                            runs = {}
+                            for mode in ("vector", "scalar"):
+                                os.environ["AITS_CUDA_SLAB_IO"] = mode
+                                runs[mode] = outputs(pos, vel, mass, dt, gp, gv, phys)
+                            same = all(torch.equal(a, b) for a, b in zip(runs["vector"], runs["scalar"]))
+                            finite = all(bool(torch.isfinite(a).all()) for a in runs["vector"])
+                            if not (same and finite):
+                                ok = False
+                                where.append(f"B={B}{' unaligned' if unaligned else ''}")
+                    report.line(ok, f"slab IO N={N} D={D} {str(dtype)[6:]}: vector == scalar bitwise "
+                                    f"(step, trajectory, backward, acceleration, potential, vjp)"
+                                    + (f"; differs at {', '.join(where)}" if where else ""))
+        os.environ["AITS_CUDA_SLAB_IO"] = "wide"
+        try:
+            k_acceleration(*make_system(300, 4, 3, 1)[::2], physics_tuple(1.0, 0.0, None, 3))
+            ok = False
+        except RuntimeError as e:
+            ok = "AITS_CUDA_SLAB_IO" in str(e)
+        report.line(ok, "AITS_CUDA_SLAB_IO=wide raises an error naming the variable")
+    finally:
+        if before is None:
+            os.environ.pop("AITS_CUDA_SLAB_IO", None)
+        else:
+            os.environ["AITS_CUDA_SLAB_IO"] = before
+
+
 def check_errors(report):
     try:
         _core.cuda_step(1, 1, 1, 1, 1, 1, 0, 1, 2, 3, 1, 7, (1.0, 0.0, 0.0, 0.0, 0.0, 0.0), False,
@@ -500,6 +555,7 @@ def main() -> int:
     print(f"-- steps done ({time.perf_counter() - t0:.1f} s)", flush=True)
 
     check_determinism_and_stream(report)
+    check_slab_io(report)
     check_errors(report)
     if not args.no_large:
         check_chunked_oracle(report)

@@ -74,3 +74,33 @@ def test_plans_name_the_target_sizes():
     assert {c.N for c in gpu if c.kind == "acceleration" and c.backend == "cuda"} == {131072, 262144}
     assert any(c.kind == "step" and c.N == 4 and c.B == 2**20 and c.steps == 100 for c in gpu)
     assert all(c.N <= 16384 for c in gpu if c.kind == "acceleration" and c.backend == "reference")
+
+
+def test_cuda_scalar_io_variant_switches_the_slab_io_and_is_reported(monkeypatch):
+    # The small CUDA kernels' 16-byte slab IO is timed against its scalar baseline in one run:
+    # the variant sets AITS_CUDA_SLAB_IO for the case only, and the one-step target's note shows it.
+    import os
+
+    monkeypatch.delenv("AITS_CUDA_SLAB_IO", raising=False)
+    case = next(c for c in kernels.gpu_plan(quick=False, dry=False)
+                if c.kind == "step1" and c.backend == "cuda" and c.variant == "scalar-io")
+    with kernels.selected_variant(case):
+        assert os.environ.get("AITS_CUDA_SLAB_IO") == "scalar"
+    assert "AITS_CUDA_SLAB_IO" not in os.environ
+    monkeypatch.setenv("AITS_CUDA_SLAB_IO", "vector")
+    with kernels.selected_variant(case):
+        assert os.environ["AITS_CUDA_SLAB_IO"] == "scalar"
+    assert os.environ["AITS_CUDA_SLAB_IO"] == "vector"
+
+    def row(variant, fraction):
+        params = dict(device="cuda", dtype="float32", N=4, B=case.B, D=3, threads=None, steps=1,
+                      integrator="leapfrog", checked=False, raw=False)
+        if variant:
+            params["variant"] = variant
+        return {"case": "step1", "backend": "cuda", "params": params, "timing": {"median_s": 1.0},
+                "metrics": {"bytes_per_s": fraction * 4e12, "copy_bytes_per_s": 4e12,
+                            "fraction_of_copy": fraction}}
+
+    targets = kernels.gpu_targets([row(None, 0.8), row("scalar-io", 0.72)], quick=False, dry=False)
+    one_step = next(t for t in targets if t["name"].startswith("one step cuda"))
+    assert one_step["status"] == "PASS" and "scalar-io 0.72" in one_step["note"]

@@ -275,6 +275,58 @@ def test_cuda_pair_kernel_switch_rejects_unknown_values(monkeypatch):
         ops.acceleration(system.pos, system.mass, backend="cuda")
 
 
+# The one-thread-per-system CUDA kernels (N <= 8 in float32, 6 in float64) move their data with
+# 16-byte vector accesses unless AITS_CUDA_SLAB_IO=scalar (or a tensor is not 16-byte aligned):
+# only memory instructions differ, so every output and gradient must be bitwise the same. The
+# batch sizes cover full blocks of 128 systems only, a partial last block, a last block of one
+# system (too small for a vector of masses at N < 4 in float32: scalar); `unaligned` moves the
+# positions one element off a 16-byte boundary.
+def _small_kernel_outputs(pos, vel, mass, dt, integrator):
+    """acceleration, potential energy, a 3-step step, and gradients through step and acceleration."""
+    out = [ops.acceleration(pos, mass, backend="cuda"), ops.potential_energy(pos, mass, backend="cuda")]
+    out += ops.step(pos, vel, mass, dt, steps=3, integrator=integrator, backend="cuda")
+    # detach() keeps the storage (and so the alignment) of the inputs.
+    x, v, h = (t.detach().requires_grad_(True) for t in (pos, vel, dt))
+    p1, v1 = ops.step(x, v, mass, h, steps=3, integrator=integrator, backend="cuda")
+    acc = ops.acceleration(x, mass, backend="cuda")
+    gen = torch.Generator().manual_seed(1)
+    w = [torch.randn(t.shape, generator=gen, dtype=t.dtype).to(t.device) for t in (p1, v1, acc)]
+    out += [p1.detach(), v1.detach(), acc.detach()]
+    out += torch.autograd.grad((p1 * w[0]).sum() + (v1 * w[1]).sum(), (x, v, h))
+    out += torch.autograd.grad((acc * w[2]).sum(), (x,))
+    return out
+
+
+@pytest.mark.parametrize("unaligned", [False, True], ids=["aligned", "unaligned"])
+@pytest.mark.parametrize("N", [2, 3, 4])
+@pytest.mark.parametrize("D", [2, 3], ids=["D2", "D3"])
+def test_cuda_slab_io_modes_are_bitwise_equal(D, N, unaligned, dtype, monkeypatch):
+    require_backend("cuda")
+    for B in (256, 300, 129):
+        system = make_system(N, D, (B,), dtype=dtype, seed=B + N).to(device="cuda")
+        pos = system.pos
+        if unaligned:  # the same values one element into a larger buffer
+            pos = torch.empty(pos.numel() + 1, dtype=dtype, device="cuda")[1:].view(pos.shape).copy_(pos)
+            assert pos.data_ptr() % 16 != 0
+        dt = per_system_dt((B,), dtype).to("cuda")
+        for integrator in ("leapfrog", "yoshida4"):
+            results = {}
+            for mode in ("vector", "scalar"):
+                monkeypatch.setenv("AITS_CUDA_SLAB_IO", mode)
+                results[mode] = _small_kernel_outputs(pos, system.vel, system.mass, dt, integrator)
+            for k, (a, b) in enumerate(zip(results["vector"], results["scalar"])):
+                assert torch.equal(a, b), f"output {k} differs between slab IO modes: B={B} {integrator}"
+                assert bool(torch.isfinite(a).all()), f"output {k} not finite: B={B} {integrator}"
+
+
+def test_cuda_slab_io_switch_rejects_unknown_values(monkeypatch):
+    require_backend("cuda")
+    monkeypatch.setenv("AITS_CUDA_SLAB_IO", "wide")
+    system = make_system(4, 3, (300,), dtype=torch.float32).to(device="cuda")
+    with pytest.raises(RuntimeError, match="AITS_CUDA_SLAB_IO"):
+        ops.acceleration(system.pos, system.mass, backend="cuda")
+
+
 def test_auto_backend_on_cpu_tensors_is_the_cpu_kernel():
     require_backend("cpu")
     s = make_system(20, 3, (2,))

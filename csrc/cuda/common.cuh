@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
 
@@ -144,6 +145,12 @@ struct DeviceFacts {
 };
 // Facts about the current device, cached per device.
 const DeviceFacts& current_device();
+
+// A kernel switch from the environment (runtime.cu): the index in `allowed` of variable `name`'s
+// value, 0 (the default) when it is unset or empty; any other value throws std::runtime_error
+// naming the variable, the value and the allowed ones. Callers read it at every launch, so tests
+// and benchmarks can compare kernels in one process.
+int env_choice(const char* name, std::initializer_list<const char*> allowed);
 
 // Stream-ordered scratch memory from a private pool (runtime.cu): allocation is cheap once the
 // pool is warm, and the pool keeps a bounded amount of memory between calls.

@@ -8,6 +8,8 @@
 // (release threshold) without changing the process-wide default pool that other code may use.
 #include <cuda_runtime.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <unordered_map>
 
@@ -79,6 +81,24 @@ const DeviceFacts& current_device() {
   auto it = facts.find(device);
   if (it == facts.end()) it = facts.emplace(device, query_device(device)).first;
   return it->second;  // unordered_map references stay valid across later insertions
+}
+
+int env_choice(const char* name, std::initializer_list<const char*> allowed) {
+  const char* value = std::getenv(name);
+  if (value == nullptr || *value == '\0') return 0;
+  int index = 0;
+  for (const char* a : allowed) {
+    if (std::strcmp(value, a) == 0) return index;
+    ++index;
+  }
+  std::string list;  // "a, b or c"
+  index = 0;
+  for (const char* a : allowed) {
+    if (index > 0) list += index + 1 == int(allowed.size()) ? " or " : ", ";
+    list += a;
+    ++index;
+  }
+  throw std::runtime_error(std::string(name) + " must be " + list + ", got '" + value + "'");
 }
 
 void* scratch_alloc(size_t bytes, cudaStream_t stream) {

@@ -6,10 +6,10 @@
 // Global memory is [B, N, D] with one system per thread, i.e. each thread owns a run of N*D
 // consecutive values: read directly, a warp's loads would be strided by N*D elements. Instead
 // each block of kThreads systems moves its slab through shared memory ("Slab"): consecutive
-// threads load consecutive elements (coalesced), the block transposes through a padded buffer
-// (odd row stride: conflict-free), and each thread then reads its own system. Stores and the
-// trajectory go the same way in reverse. This is what makes a 1-step call memory-bound at
-// close to full HBM bandwidth rather than transaction-bound.
+// threads load consecutive 16-byte vectors (or consecutive elements, see Slab), the block
+// transposes through a buffer whose rows are read conflict-free, and each thread then reads its
+// own system. Stores and the trajectory go the same way in reverse. This is what makes a 1-step
+// call memory-bound at close to full HBM bandwidth rather than transaction-bound.
 #pragma once
 
 #include <type_traits>
@@ -21,69 +21,218 @@ namespace small {
 
 constexpr int kThreads = 128;  // systems (threads) per block
 
-// Moves [systems b0 .. b0 + nsys) x C values between global memory and per-thread registers.
-template <typename T, int C>
-struct Slab {
-  static constexpr int kStride = C | 1;  // odd: thread t's row starts in bank (t * kStride) % 32
-
-  // Coalesced: element e of the block's slab goes to thread e % kThreads, slot e / kThreads.
-  __device__ static void load(const T* g, int64_t b0, int nsys, T (&tmp)[C]) {
-    const T* base = g + b0 * C;
-    const int nvalid = nsys * C;
-#pragma unroll
-    for (int k = 0; k < C; ++k) {
-      const int e = k * kThreads + threadIdx.x;
-      tmp[k] = e < nvalid ? base[e] : T(0);
-    }
-  }
-  __device__ static void store(T* g, int64_t b0, int nsys, const T (&tmp)[C]) {
-    T* base = g + b0 * C;
-    const int nvalid = nsys * C;
-#pragma unroll
-    for (int k = 0; k < C; ++k) {
-      const int e = k * kThreads + threadIdx.x;
-      if (e < nvalid) base[e] = tmp[k];
-    }
-  }
-  // Transpose load order -> this thread's system, through `smem` (kThreads * kStride values).
-  __device__ static void to_system(T* smem, const T (&tmp)[C], T (&dst)[C]) {
-    __syncthreads();  // the buffer's previous contents have been consumed
-#pragma unroll
-    for (int k = 0; k < C; ++k) {
-      const int e = k * kThreads + threadIdx.x;
-      smem[(e / C) * kStride + e % C] = tmp[k];
-    }
-    __syncthreads();
-#pragma unroll
-    for (int c = 0; c < C; ++c) dst[c] = smem[threadIdx.x * kStride + c];
-  }
-  __device__ static void from_system(T* smem, const T (&src)[C], T (&tmp)[C]) {
-    __syncthreads();
-#pragma unroll
-    for (int c = 0; c < C; ++c) smem[threadIdx.x * kStride + c] = src[c];
-    __syncthreads();
-#pragma unroll
-    for (int k = 0; k < C; ++k) {
-      const int e = k * kThreads + threadIdx.x;
-      tmp[k] = smem[(e / C) * kStride + e % C];
-    }
-  }
-  __device__ static void read(T* smem, const T* g, int64_t b0, int nsys, T (&dst)[C]) {
-    T tmp[C];
-    load(g, b0, nsys, tmp);
-    to_system(smem, tmp, dst);
-  }
-  __device__ static void write(T* smem, T* g, int64_t b0, int nsys, const T (&src)[C]) {
-    T tmp[C];
-    from_system(smem, src, tmp);
-    store(g, b0, nsys, tmp);
-  }
+// The block's systems: [b0, b0 + nsys).
+struct Block {
+  int64_t b0;
+  int nsys;  // kThreads except in the last block
+  __device__ explicit Block(int64_t B)
+      : b0(int64_t(blockIdx.x) * kThreads),
+        nsys(static_cast<int>(min(int64_t(kThreads), B - b0))) {}
+  __device__ bool active() const { return int(threadIdx.x) < nsys; }
 };
 
-// Shared-memory words for a block whose largest slab has C values per system.
-template <int C>
+// K consecutive values of T as CUDA's vector type: one 8- or 16-byte access (K = 1: T itself).
+// Vector accesses go through these types, not through a struct of K values: NVVM splits the
+// load of such a struct into scalar loads.
+template <typename T, int K>
+struct Packed;
+template <typename T>
+struct Packed<T, 1> {
+  using type = T;
+  __device__ static T pack(const T* v) { return v[0]; }
+  __device__ static void unpack(T x, T* v) { v[0] = x; }
+};
+template <>
+struct Packed<float, 2> {
+  using type = float2;
+  __device__ static float2 pack(const float* v) { return make_float2(v[0], v[1]); }
+  __device__ static void unpack(float2 x, float* v) { v[0] = x.x, v[1] = x.y; }
+};
+template <>
+struct Packed<float, 4> {
+  using type = float4;
+  __device__ static float4 pack(const float* v) { return make_float4(v[0], v[1], v[2], v[3]); }
+  __device__ static void unpack(float4 x, float* v) {
+    v[0] = x.x, v[1] = x.y, v[2] = x.z, v[3] = x.w;
+  }
+};
+template <>
+struct Packed<double, 2> {
+  using type = double2;
+  __device__ static double2 pack(const double* v) { return make_double2(v[0], v[1]); }
+  __device__ static void unpack(double2 x, double* v) { v[0] = x.x, v[1] = x.y; }
+};
+
+// Moves a block's slab, [b0, b0 + nsys) x C values, between global memory and per-thread
+// registers: load() issues the global loads into registers (call it for every input before the
+// first to_system, so that all loads are in flight together), to_system() transposes through
+// `smem` (kWords values); write() is the reverse of both. Rows of the systems past nsys read
+// zeros.
+//
+// Vector = false (scalar): thread t moves elements t, t + kThreads, ... of the slab (coalesced
+// 4/8-byte accesses); in shared memory rows have the odd stride C | 1, so both the element side
+// and the row side are conflict-free.
+//
+// Vector = true: thread t moves 16-byte vectors t, t + kThreads, ... (one LDG/STG.128 each; a
+// warp covers 512 contiguous bytes): a quarter of the memory instructions for float, half for
+// double. The slab starts b0 * C * sizeof(T) bytes into the tensor, a multiple of 16 (b0 is a
+// multiple of kThreads), so a 16-byte aligned base suffices; vector_io() checks that, and that
+// the last block holds at least one whole vector of every slab. In shared memory each row is read
+// with the widest access that divides it (16, 8 or sizeof(T) bytes) at an odd stride in those
+// units (a row of an even number of 16-byte vectors gets one vector of padding): the row side is
+// conflict-free, the vector side too unless that padding splits a quarter-warp's 8 vectors
+// (then 2-way).
+//
+// Both place element e of the slab (system e / C, coordinate e % C) in row e / C: every thread
+// gets bitwise the same values either way. One instantiation per mode rather than a run-time
+// flag, and no load under a condition in the vector path: ptxas serves both outcomes of such a
+// branch (step_backward float N=4 D=3 with both paths: 163 registers, against 112 scalar-only
+// and 101 vector-only).
+template <typename T, int C, bool Vector>
+class Slab {
+  static constexpr int kW = 16 / sizeof(T);        // values per 16-byte vector
+  static constexpr int kVecs = kThreads * C / kW;  // vectors in a full slab
+  static constexpr int kRounds = (kVecs + kThreads - 1) / kThreads;  // vectors per thread
+  using Vec = Packed<T, kW>;
+  // Scalar layout: row stride C | 1 (odd: thread t's row starts in bank (t * kStride) % 32).
+  static constexpr int kStride = C | 1;
+  // Vector layout: rows read in pieces of kP values, row stride kRow (an odd number of pieces).
+  static constexpr int kP =
+      (C * sizeof(T)) % 16 == 0 ? kW : (C * sizeof(T)) % 8 == 0 ? 8 / int(sizeof(T)) : 1;
+  static constexpr int kRow = kP == kW && (C / kW) % 2 == 0 ? C + kW : C;
+  using Row = Packed<T, kP>;
+
+ public:
+  static constexpr int kWords = kThreads * (Vector ? kRow : kStride);
+
+  __device__ void load(const T* g, const Block& blk) {
+    base_ = g + blk.b0 * C;
+    nvalid_ = blk.nsys * C;
+    if constexpr (Vector) {
+      // Vectors past the last whole one (a partial last round; the last block) load that one
+      // again and to_system drops them: cheaper than a load under a condition.
+      const int last = nvalid_ / kW - 1;  // >= 0: vector_io()
+#pragma unroll
+      for (int k = 0; k < kRounds; ++k) {
+        const int v = min(k * kThreads + int(threadIdx.x), last);
+        Vec::unpack(reinterpret_cast<const typename Vec::type*>(base_)[v], &reg_[k * kW]);
+      }
+    } else {
+#pragma unroll
+      for (int k = 0; k < C; ++k) {
+        const int e = k * kThreads + threadIdx.x;
+        reg_[k] = e < nvalid_ ? base_[e] : T(0);
+      }
+    }
+  }
+
+  __device__ void to_system(T* smem, T (&dst)[C]) const {
+    __syncthreads();  // the buffer's previous contents have been consumed
+    if constexpr (Vector) {
+      const int whole = nvalid_ / kW;
+#pragma unroll
+      for (int k = 0; k < kRounds; ++k) {
+        const int v = k * kThreads + threadIdx.x;
+        if (kVecs % kThreads != 0 && v >= kVecs) continue;
+        using V = typename Vec::type;
+        *reinterpret_cast<V*>(smem + vec_offset(v)) = v < whole ? Vec::pack(&reg_[k * kW]) : V{};
+      }
+      if constexpr (C % kW != 0) {
+        // The last block's values may end inside a vector (only when C is not a multiple of kW:
+        // then the layout is unpadded, element e at smem[e]); that vector's owner, which has just
+        // written it as zeros, fills in the values.
+        static_assert(kRow == C);
+        if (int(threadIdx.x) == whole % kThreads) {
+#pragma unroll
+          for (int e = whole * kW, i = 0; i < kW - 1; ++i) {
+            if (e + i < nvalid_) smem[e + i] = base_[e + i];
+          }
+        }
+      }
+      __syncthreads();
+      const auto* row = reinterpret_cast<const typename Row::type*>(smem + threadIdx.x * kRow);
+#pragma unroll
+      for (int j = 0; j < C / kP; ++j) Row::unpack(row[j], &dst[j * kP]);
+    } else {
+#pragma unroll
+      for (int k = 0; k < C; ++k) {
+        const int e = k * kThreads + threadIdx.x;
+        smem[(e / C) * kStride + e % C] = reg_[k];
+      }
+      __syncthreads();
+#pragma unroll
+      for (int c = 0; c < C; ++c) dst[c] = smem[threadIdx.x * kStride + c];
+    }
+  }
+
+  __device__ static void read(T* smem, const T* g, const Block& blk, T (&dst)[C]) {
+    Slab slab;
+    slab.load(g, blk);
+    slab.to_system(smem, dst);
+  }
+
+  __device__ static void write(T* smem, T* g, const Block& blk, const T (&src)[C]) {
+    T* base = g + blk.b0 * C;
+    const int nvalid = blk.nsys * C;
+    __syncthreads();
+    if constexpr (Vector) {
+      auto* row = reinterpret_cast<typename Row::type*>(smem + threadIdx.x * kRow);
+#pragma unroll
+      for (int j = 0; j < C / kP; ++j) row[j] = Row::pack(&src[j * kP]);
+      __syncthreads();
+      const int whole = nvalid / kW;
+#pragma unroll
+      for (int k = 0; k < kRounds; ++k) {
+        using V = typename Vec::type;
+        const int v = k * kThreads + threadIdx.x;
+        if (v < whole) {
+          reinterpret_cast<V*>(base)[v] = *reinterpret_cast<const V*>(smem + vec_offset(v));
+        }
+      }
+      if constexpr (C % kW != 0) {
+        if (int(threadIdx.x) == whole % kThreads) {
+#pragma unroll
+          for (int e = whole * kW, i = 0; i < kW - 1; ++i) {
+            if (e + i < nvalid) base[e + i] = smem[e + i];
+          }
+        }
+      }
+    } else {
+#pragma unroll
+      for (int c = 0; c < C; ++c) smem[threadIdx.x * kStride + c] = src[c];
+      __syncthreads();
+#pragma unroll
+      for (int k = 0; k < C; ++k) {
+        const int e = k * kThreads + threadIdx.x;
+        if (e < nvalid) base[e] = smem[(e / C) * kStride + e % C];
+      }
+    }
+  }
+
+ private:
+  // Where vector v of the slab starts in the vector layout: the slab as in global memory, or
+  // with each row padded by one vector (rows are then whole vectors).
+  __device__ static int vec_offset(int v) {
+    if constexpr (kRow == C) {
+      return v * kW;
+    } else {
+      constexpr int kPerRow = C / kW;
+      return (v / kPerRow) * kRow + (v % kPerRow) * kW;
+    }
+  }
+
+  const T* base_;  // the block's slab
+  int nvalid_;     // its values in this block: nsys * C
+  // Vector: reg_[k * kW + i] = element (k * kThreads + t) * kW + i; scalar: reg_[k] = element
+  // k * kThreads + t.
+  T reg_[Vector ? kRounds * kW : C];
+};
+
+// Shared-memory values for a block whose slabs have C and C2 values per system.
+template <typename T, int C, int C2, bool Vector>
 constexpr int slab_words() {
-  return kThreads * (C | 1);
+  constexpr int a = Slab<T, C, Vector>::kWords, b = Slab<T, C2, Vector>::kWords;
+  return a > b ? a : b;
 }
 
 // ---- the physics of one system in registers -------------------------------------------------
@@ -157,66 +306,72 @@ __device__ __forceinline__ T system_potential(const T (&x)[N * D], const T (&m)[
 
 // ---- kernels ---------------------------------------------------------------------------------
 // Threads past the last system (b >= B) run on zeros and store nothing; they must stay alive
-// for the block's barriers inside Slab.
+// for the block's barriers inside Slab. Vector picks the Slab instantiation (vector_io).
 
-template <typename T, int N, int D>
+template <typename T, int N, int D, bool Vector>
 __global__ void __launch_bounds__(kThreads)
     acceleration_kernel(const T* pos, const T* mass, T* out, int64_t B, Params<T> p) {
   constexpr int ND = N * D;
-  __shared__ T smem[slab_words<ND>()];
-  const int64_t b0 = int64_t(blockIdx.x) * kThreads;
-  const int nsys = static_cast<int>(min(int64_t(kThreads), B - b0));
+  using Values = Slab<T, ND, Vector>;  // [N, D] per system
+  using Masses = Slab<T, N, Vector>;
+  __shared__ __align__(16) T smem[slab_words<T, ND, N, Vector>()];
+  const Block blk(B);
   T x[ND], m[N], a[ND];
   {
-    T tx[ND], tm[N];
-    Slab<T, ND>::load(pos, b0, nsys, tx);
-    Slab<T, N>::load(mass, b0, nsys, tm);
-    Slab<T, ND>::to_system(smem, tx, x);
-    Slab<T, N>::to_system(smem, tm, m);
+    Values sx;
+    Masses sm;
+    sx.load(pos, blk);
+    sm.load(mass, blk);
+    sx.to_system(smem, x);
+    sm.to_system(smem, m);
   }
   system_acceleration<T, N, D>(x, m, p, a);
-  Slab<T, ND>::write(smem, out, b0, nsys, a);
+  Values::write(smem, out, blk, a);
 }
 
-template <typename T, int N, int D>
+template <typename T, int N, int D, bool Vector>
 __global__ void __launch_bounds__(kThreads)
     potential_kernel(const T* pos, const T* mass, T* out, int64_t B, Params<T> p) {
   constexpr int ND = N * D;
-  __shared__ T smem[slab_words<ND>()];
-  const int64_t b0 = int64_t(blockIdx.x) * kThreads;
-  const int nsys = static_cast<int>(min(int64_t(kThreads), B - b0));
+  using Values = Slab<T, ND, Vector>;  // [N, D] per system
+  using Masses = Slab<T, N, Vector>;
+  __shared__ __align__(16) T smem[slab_words<T, ND, N, Vector>()];
+  const Block blk(B);
   T x[ND], m[N];
   {
-    T tx[ND], tm[N];
-    Slab<T, ND>::load(pos, b0, nsys, tx);
-    Slab<T, N>::load(mass, b0, nsys, tm);
-    Slab<T, ND>::to_system(smem, tx, x);
-    Slab<T, N>::to_system(smem, tm, m);
+    Values sx;
+    Masses sm;
+    sx.load(pos, blk);
+    sm.load(mass, blk);
+    sx.to_system(smem, x);
+    sm.to_system(smem, m);
   }
   const T energy = system_potential<T, N, D>(x, m, p);
-  if (int(threadIdx.x) < nsys) out[b0 + threadIdx.x] = energy;  // one value per thread: coalesced
+  if (blk.active()) out[blk.b0 + threadIdx.x] = energy;  // one value per thread: coalesced
 }
 
-template <typename T, int N, int D>
+template <typename T, int N, int D, bool Vector>
 __global__ void __launch_bounds__(kThreads)
     vjp_kernel(const T* pos, const T* mass, const T* grad_acc, T* out, int64_t B, Params<T> p) {
   constexpr int ND = N * D;
-  __shared__ T smem[slab_words<ND>()];
-  const int64_t b0 = int64_t(blockIdx.x) * kThreads;
-  const int nsys = static_cast<int>(min(int64_t(kThreads), B - b0));
+  using Values = Slab<T, ND, Vector>;  // [N, D] per system
+  using Masses = Slab<T, N, Vector>;
+  __shared__ __align__(16) T smem[slab_words<T, ND, N, Vector>()];
+  const Block blk(B);
   T x[ND], m[N], g[ND], o[ND];
   {
-    T tx[ND], tg[ND], tm[N];
-    Slab<T, ND>::load(pos, b0, nsys, tx);
-    Slab<T, ND>::load(grad_acc, b0, nsys, tg);
-    Slab<T, N>::load(mass, b0, nsys, tm);
-    Slab<T, ND>::to_system(smem, tx, x);
-    Slab<T, ND>::to_system(smem, tg, g);
-    Slab<T, N>::to_system(smem, tm, m);
+    Values sx, sg;
+    Masses sm;
+    sx.load(pos, blk);
+    sg.load(grad_acc, blk);
+    sm.load(mass, blk);
+    sx.to_system(smem, x);
+    sg.to_system(smem, g);
+    sm.to_system(smem, m);
   }
 #pragma unroll
   for (int i = 0; i < N; ++i) vjp_of<T, N, D>(x, m, g, p, i, &o[i * D]);
-  Slab<T, ND>::write(smem, out, b0, nsys, o);
+  Values::write(smem, out, blk, o);
 }
 
 // The trajectory slab [s, k] of [S+1, 3, B, N, D].
@@ -229,29 +384,31 @@ __device__ __forceinline__ const T* traj_slab(const T* traj, int64_t s, int k, i
   return traj + (s * 3 + k) * slab;
 }
 
-template <typename T, int N, int D>
+template <typename T, int N, int D, bool Vector>
 __global__ void __launch_bounds__(kThreads)
     step_kernel(const T* pos, const T* vel, const T* mass, const T* dt, T* out_pos, T* out_vel,
                 T* traj, int64_t B, int64_t steps, int integrator, Params<T> p) {
   constexpr int ND = N * D;
-  __shared__ T smem[slab_words<ND>()];
-  const int64_t b0 = int64_t(blockIdx.x) * kThreads;
-  const int nsys = static_cast<int>(min(int64_t(kThreads), B - b0));
-  const bool active = int(threadIdx.x) < nsys;
+  using Values = Slab<T, ND, Vector>;  // [N, D] per system
+  using Masses = Slab<T, N, Vector>;
+  __shared__ __align__(16) T smem[slab_words<T, ND, N, Vector>()];
+  const Block blk(B);
   const int64_t slab = B * ND;
 
   T x[ND], v[ND], m[N], a[ND];
+  T dtb;
   {
     // Issue every global load before the first barrier so they are in flight together.
-    T tx[ND], tv[ND], tm[N];
-    Slab<T, ND>::load(pos, b0, nsys, tx);
-    Slab<T, ND>::load(vel, b0, nsys, tv);
-    Slab<T, N>::load(mass, b0, nsys, tm);
-    Slab<T, ND>::to_system(smem, tx, x);
-    Slab<T, ND>::to_system(smem, tv, v);
-    Slab<T, N>::to_system(smem, tm, m);
+    Values sx, sv;
+    Masses sm;
+    sx.load(pos, blk);
+    sv.load(vel, blk);
+    sm.load(mass, blk);
+    dtb = blk.active() ? dt[blk.b0 + threadIdx.x] : T(0);
+    sx.to_system(smem, x);
+    sv.to_system(smem, v);
+    sm.to_system(smem, m);
   }
-  const T dtb = active ? dt[b0 + threadIdx.x] : T(0);
   const Integrator integ = static_cast<Integrator>(integrator);
   const int S1 = substeps_per_step(integ);
   // Substeps 0 and 2 of yoshida4 share a weight: two step sizes cover every substep, kept in
@@ -261,9 +418,9 @@ __global__ void __launch_bounds__(kThreads)
 
   system_acceleration<T, N, D>(x, m, p, a);
   if (traj != nullptr) {
-    Slab<T, ND>::write(smem, traj_slab(traj, 0, 0, slab), b0, nsys, x);
-    Slab<T, ND>::write(smem, traj_slab(traj, 0, 1, slab), b0, nsys, v);
-    Slab<T, ND>::write(smem, traj_slab(traj, 0, 2, slab), b0, nsys, a);
+    Values::write(smem, traj_slab(traj, 0, 0, slab), blk, x);
+    Values::write(smem, traj_slab(traj, 0, 1, slab), blk, v);
+    Values::write(smem, traj_slab(traj, 0, 2, slab), blk, a);
   }
   int64_t boundary = 0;
   for (int64_t st = 0; st < steps; ++st) {
@@ -280,45 +437,48 @@ __global__ void __launch_bounds__(kThreads)
       for (int e = 0; e < ND; ++e) v[e] = kick(v[e], half, a[e]);
       ++boundary;
       if (traj != nullptr) {
-        Slab<T, ND>::write(smem, traj_slab(traj, boundary, 0, slab), b0, nsys, x);
-        Slab<T, ND>::write(smem, traj_slab(traj, boundary, 1, slab), b0, nsys, v);
-        Slab<T, ND>::write(smem, traj_slab(traj, boundary, 2, slab), b0, nsys, a);
+        Values::write(smem, traj_slab(traj, boundary, 0, slab), blk, x);
+        Values::write(smem, traj_slab(traj, boundary, 1, slab), blk, v);
+        Values::write(smem, traj_slab(traj, boundary, 2, slab), blk, a);
       }
     }
   }
-  Slab<T, ND>::write(smem, out_pos, b0, nsys, x);
-  Slab<T, ND>::write(smem, out_vel, b0, nsys, v);
+  Values::write(smem, out_pos, blk, x);
+  Values::write(smem, out_vel, blk, v);
 }
 
 // The adjoint loop of docs/kernel-contract.md, one system per thread.
-template <typename T, int N, int D>
+template <typename T, int N, int D, bool Vector>
 __global__ void __launch_bounds__(kThreads)
     step_backward_kernel(const T* traj, const T* mass, const T* dt, const T* grad_pos,
                          const T* grad_vel, T* out_gpos, T* out_gvel, T* out_gdt, int64_t B,
                          int64_t steps, int integrator, Params<T> p) {
   constexpr int ND = N * D;
-  __shared__ T smem[slab_words<ND>()];
-  const int64_t b0 = int64_t(blockIdx.x) * kThreads;
-  const int nsys = static_cast<int>(min(int64_t(kThreads), B - b0));
-  const bool active = int(threadIdx.x) < nsys;
+  using Values = Slab<T, ND, Vector>;  // [N, D] per system
+  using Masses = Slab<T, N, Vector>;
+  __shared__ __align__(16) T smem[slab_words<T, ND, N, Vector>()];
+  const Block blk(B);
   const int64_t slab = B * ND;
   const Integrator integ = static_cast<Integrator>(integrator);
   const int S1 = substeps_per_step(integ);
   const int64_t S = steps * S1;
 
   T m[N], gx[ND], gv[ND], xb[ND], ab[ND];
+  T dtb;
   {
-    T tm[N], tgx[ND], tgv[ND];
-    Slab<T, N>::load(mass, b0, nsys, tm);
-    Slab<T, ND>::load(grad_pos, b0, nsys, tgx);
-    Slab<T, ND>::load(grad_vel, b0, nsys, tgv);
-    Slab<T, N>::to_system(smem, tm, m);
-    Slab<T, ND>::to_system(smem, tgx, gx);
-    Slab<T, ND>::to_system(smem, tgv, gv);
+    // Every load of this group before the first barrier: in flight together.
+    Masses sm;
+    Values sgx, sgv;
+    sm.load(mass, blk);
+    sgx.load(grad_pos, blk);
+    sgv.load(grad_vel, blk);
+    dtb = blk.active() ? dt[blk.b0 + threadIdx.x] : T(0);
+    sm.to_system(smem, m);
+    sgx.to_system(smem, gx);
+    sgv.to_system(smem, gv);
   }
-  Slab<T, ND>::read(smem, traj_slab(traj, S, 0, slab), b0, nsys, xb);
-  Slab<T, ND>::read(smem, traj_slab(traj, S, 2, slab), b0, nsys, ab);
-  const T dtb = active ? dt[b0 + threadIdx.x] : T(0);
+  Values::read(smem, traj_slab(traj, S, 0, slab), blk, xb);
+  Values::read(smem, traj_slab(traj, S, 2, slab), blk, ab);
   const T c_outer = static_cast<T>(substep_weight(integ, 0));
   const T c_mid = static_cast<T>(substep_weight(integ, 1));
   const T h_outer = substep_h<T>(integ, 0, dtb);
@@ -352,9 +512,9 @@ __global__ void __launch_bounds__(kThreads)
 
     // Substep s = b - 1: x_b = x_s + h_s v_half with v_half = v_s + h_s/2 a_s.
     T vs[ND];
-    Slab<T, ND>::read(smem, traj_slab(traj, b - 1, 0, slab), b0, nsys, xb);
-    Slab<T, ND>::read(smem, traj_slab(traj, b - 1, 1, slab), b0, nsys, vs);
-    Slab<T, ND>::read(smem, traj_slab(traj, b - 1, 2, slab), b0, nsys, ab);
+    Values::read(smem, traj_slab(traj, b - 1, 0, slab), blk, xb);
+    Values::read(smem, traj_slab(traj, b - 1, 1, slab), blk, vs);
+    Values::read(smem, traj_slab(traj, b - 1, 2, slab), blk, ab);
     const T half = T(0.5) * h_prev;
     T dot_xv = T(0);
 #pragma unroll
@@ -363,14 +523,42 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int e = 0; e < ND; ++e) gv[e] = fma(h_prev, gx[e], gv[e]);
   }
-  Slab<T, ND>::write(smem, out_gpos, b0, nsys, gx);
-  Slab<T, ND>::write(smem, out_gvel, b0, nsys, gv);
-  if (active) out_gdt[b0 + threadIdx.x] = gdt;
+  Values::write(smem, out_gpos, blk, gx);
+  Values::write(smem, out_gvel, blk, gv);
+  if (blk.active()) out_gdt[blk.b0 + threadIdx.x] = gdt;
 }
 
 // ---- launchers --------------------------------------------------------------------------------
 
 inline unsigned blocks_for(int64_t B) { return grid_size(ceil_div(B, kThreads), "small kernels"); }
+
+// AITS_CUDA_SLAB_IO: "vector" (default) or "scalar", the Slab instantiation a launch uses; both
+// give bitwise the same results ("scalar" is the benchmark's baseline). Vector IO also needs
+// every slab 16-byte aligned: the tensors' bases (torch's allocations are; a view at an odd
+// offset may not be) and, with a trajectory, its [s, k] slabs of B * N * D values each; and the
+// last block must hold a whole vector of its smallest slab (masses: not so when it has one
+// float system of N < 4).
+template <typename T, typename... Ptrs>
+bool vector_io(int64_t B, int64_t N, int64_t D, const T* traj, Ptrs... tensors) {
+  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  if (env_choice("AITS_CUDA_SLAB_IO", {"vector", "scalar"}) != 0) return false;
+  const int64_t last = B % kThreads;
+  if (last != 0 && last * N * int64_t(sizeof(T)) < 16) return false;
+  if (traj != nullptr && (!aligned(traj) || (B * N * D * int64_t(sizeof(T))) % 16 != 0)) {
+    return false;
+  }
+  return (aligned(tensors) && ...);
+}
+
+// Calls launch(std::bool_constant<vector>).
+template <typename Launch>
+void with_io(bool vector, Launch&& launch) {
+  if (vector) {
+    launch(std::true_type{});
+  } else {
+    launch(std::false_type{});
+  }
+}
 
 // Calls launch(std::integral_constant<int, n>) for n = N when 2 <= N <= MaxN; false otherwise.
 template <int MaxN, typename Launch>
@@ -416,8 +604,10 @@ template <typename T, int D>
 bool Small<T, D>::acceleration(const T* pos, const T* mass, T* out, int64_t B, int64_t N,
                                const Params<T>& p, cudaStream_t s) {
   return small::with_n<small_max_n<T>()>(N, [&](auto n) {
-    small::acceleration_kernel<T, decltype(n)::value, D>
-        <<<small::blocks_for(B), small::kThreads, 0, s>>>(pos, mass, out, B, p);
+    small::with_io(small::vector_io<T>(B, N, D, nullptr, pos, mass, out), [&](auto io) {
+      small::acceleration_kernel<T, decltype(n)::value, D, decltype(io)::value>
+          <<<small::blocks_for(B), small::kThreads, 0, s>>>(pos, mass, out, B, p);
+    });
     check_launch("small acceleration_kernel");
   });
 }
@@ -426,8 +616,10 @@ template <typename T, int D>
 bool Small<T, D>::potential(const T* pos, const T* mass, T* out, int64_t B, int64_t N,
                             const Params<T>& p, cudaStream_t s) {
   return small::with_n<small_max_n<T>()>(N, [&](auto n) {
-    small::potential_kernel<T, decltype(n)::value, D>
-        <<<small::blocks_for(B), small::kThreads, 0, s>>>(pos, mass, out, B, p);
+    small::with_io(small::vector_io<T>(B, N, D, nullptr, pos, mass), [&](auto io) {
+      small::potential_kernel<T, decltype(n)::value, D, decltype(io)::value>
+          <<<small::blocks_for(B), small::kThreads, 0, s>>>(pos, mass, out, B, p);
+    });
     check_launch("small potential_kernel");
   });
 }
@@ -436,8 +628,10 @@ template <typename T, int D>
 bool Small<T, D>::vjp(const T* pos, const T* mass, const T* g, T* out, int64_t B, int64_t N,
                       const Params<T>& p, cudaStream_t s) {
   return small::with_n<small_max_n<T>()>(N, [&](auto n) {
-    small::vjp_kernel<T, decltype(n)::value, D>
-        <<<small::blocks_for(B), small::kThreads, 0, s>>>(pos, mass, g, out, B, p);
+    small::with_io(small::vector_io<T>(B, N, D, nullptr, pos, mass, g, out), [&](auto io) {
+      small::vjp_kernel<T, decltype(n)::value, D, decltype(io)::value>
+          <<<small::blocks_for(B), small::kThreads, 0, s>>>(pos, mass, g, out, B, p);
+    });
     check_launch("small vjp_kernel");
   });
 }
@@ -447,8 +641,12 @@ bool Small<T, D>::step(const T* pos, const T* vel, const T* mass, const T* dt, T
                        T* out_vel, T* traj, int64_t B, int64_t N, int64_t steps,
                        Integrator integ, const Params<T>& p, cudaStream_t s) {
   return small::with_n<small_max_n<T>()>(N, [&](auto n) {
-    small::step_kernel<T, decltype(n)::value, D><<<small::blocks_for(B), small::kThreads, 0, s>>>(
-        pos, vel, mass, dt, out_pos, out_vel, traj, B, steps, int(integ), p);
+    const bool vector = small::vector_io<T>(B, N, D, traj, pos, vel, mass, out_pos, out_vel);
+    small::with_io(vector, [&](auto io) {
+      small::step_kernel<T, decltype(n)::value, D, decltype(io)::value>
+          <<<small::blocks_for(B), small::kThreads, 0, s>>>(pos, vel, mass, dt, out_pos, out_vel,
+                                                            traj, B, steps, int(integ), p);
+    });
     check_launch("small step_kernel");
   });
 }
@@ -459,10 +657,14 @@ bool Small<T, D>::step_backward(const T* traj, const T* mass, const T* dt, const
                                 int64_t B, int64_t N, int64_t steps, Integrator integ,
                                 const Params<T>& p, cudaStream_t s) {
   return small::with_n<small_max_n<T>()>(N, [&](auto n) {
-    small::step_backward_kernel<T, decltype(n)::value, D>
-        <<<small::blocks_for(B), small::kThreads, 0, s>>>(traj, mass, dt, grad_pos, grad_vel,
-                                                          out_gpos, out_gvel, out_gdt, B, steps,
-                                                          int(integ), p);
+    const bool vector = small::vector_io<T>(B, N, D, traj, mass, grad_pos, grad_vel, out_gpos,
+                                            out_gvel);
+    small::with_io(vector, [&](auto io) {
+      small::step_backward_kernel<T, decltype(n)::value, D, decltype(io)::value>
+          <<<small::blocks_for(B), small::kThreads, 0, s>>>(traj, mass, dt, grad_pos, grad_vel,
+                                                            out_gpos, out_gvel, out_gdt, B, steps,
+                                                            int(integ), p);
+    });
     check_launch("small step_backward_kernel");
   });
 }

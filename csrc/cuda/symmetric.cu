@@ -29,8 +29,6 @@
 //
 // Scratch: nblk x B x N x D values, under kMaxScratchBytes; see plan() for when this kernel runs.
 #include <atomic>
-#include <cstdlib>
-#include <cstring>
 
 #include "common.cuh"
 
@@ -263,14 +261,9 @@ size_t shared_bytes(int P, int D, size_t item) {
 
 // AITS_CUDA_PAIRS: "auto" (default), "symmetric" (whenever it can run: also small N, for
 // tests), "plain" (never). Read per call so tests and benchmarks can switch it.
-enum class Mode { kAuto, kSymmetric, kPlain };
+enum class Mode { kAuto, kSymmetric, kPlain };  // in the order of the names below
 Mode mode_from_env() {
-  const char* v = std::getenv("AITS_CUDA_PAIRS");
-  if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return Mode::kAuto;
-  if (std::strcmp(v, "symmetric") == 0) return Mode::kSymmetric;
-  if (std::strcmp(v, "plain") == 0) return Mode::kPlain;
-  throw std::runtime_error(std::string("AITS_CUDA_PAIRS must be auto, symmetric or plain, got '") +
-                           v + "'");
+  return static_cast<Mode>(env_choice("AITS_CUDA_PAIRS", {"auto", "symmetric", "plain"}));
 }
 
 // Above 48 KB of dynamic shared memory a kernel must opt in before it is launched (or queried).
