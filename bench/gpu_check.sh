@@ -14,6 +14,8 @@
 # AITS_GPU_CHECK_BUDGET (seconds, default 450), AITS_SKIP_BUILD=1 (no-GPU mode: skip the
 # build check), AITS_BENCH_ARGS (extra arguments for the benchmark, e.g. "--quick" or
 # "--only 'energy_grad triton'"), AITS_TEST_K (pytest -k expression instead of the GPU subset),
+# AITS_TEST_WORKERS (pytest-xdist processes, default 14 of the machine's 16 cores),
+# AITS_BENCH_RESERVE (seconds kept for the benchmark while the tests run, default 170),
 # AITS_SKIP_TESTS=1 / AITS_SKIP_SELFTEST=1.
 
 set -u -o pipefail
@@ -23,7 +25,7 @@ set -u -o pipefail
 # with pytest-xdist where it is installed (it is on the lent GPU image).
 # AITS_TEST_K replaces the keyword expression (a follow-up call that reruns a few tests).
 TEST_SELECTION=(-k "${AITS_TEST_K:-cuda or triton}")
-TEST_WORKERS=${AITS_TEST_WORKERS:-8}
+TEST_WORKERS=${AITS_TEST_WORKERS:-14}
 
 TOTAL_BUDGET_S=${AITS_GPU_CHECK_BUDGET:-450}
 PYTHON=${PYTHON:-python3}
@@ -132,8 +134,11 @@ print_build_info || FAILED=1
 
 # 2. the GPU test subset (pytest exits 5 when the selection collects nothing);
 #    AITS_SKIP_TESTS=1 / AITS_SKIP_SELFTEST=1 leave the device time to the benchmark.
+#    BENCH_RESERVE: seconds kept for the benchmark (and 20 more for the self-test) while the tests
+#    run; a call with a short benchmark (--only) can give the tests more.
+BENCH_RESERVE=${AITS_BENCH_RESERVE:-170}
 rc=0
-[[ "${AITS_SKIP_TESTS:-0}" == 1 ]] || phase tests "$(limit 180 190)" "$PYTHON" -m pytest -q tests "${TEST_SELECTION[@]}" -p no:cacheprovider \
+[[ "${AITS_SKIP_TESTS:-0}" == 1 ]] || phase tests "$(limit 180 $((BENCH_RESERVE + 20)))" "$PYTHON" -m pytest -q tests "${TEST_SELECTION[@]}" -p no:cacheprovider \
   $("$PYTHON" -c "import xdist" 2>/dev/null && echo "-n $TEST_WORKERS")
 rc=$?
 if ((rc == 5)); then
@@ -144,7 +149,7 @@ fi
 
 # 3. the CUDA self-test, where the CUDA engineer has written one
 if [[ -f bench/cuda_selftest.py && "${AITS_SKIP_SELFTEST:-0}" != 1 ]]; then
-  phase selftest "$(limit 60 170)" "$PYTHON" bench/cuda_selftest.py || FAILED=1
+  phase selftest "$(limit 60 "$BENCH_RESERVE")" "$PYTHON" bench/cuda_selftest.py || FAILED=1
 fi
 
 # 4. the GPU kernel benchmark; it stops its own cases in time (--budget), the timeout is a backstop.

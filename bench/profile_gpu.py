@@ -92,7 +92,7 @@ def main() -> int:
             profile_one_step(backend, out)
         except Exception as exc:  # a diagnostic: report and go on
             out.append(f"\n## one step {backend}: failed: {exc!r}")
-    variants = {"triton": ("", "fused-adjoint-64-8w"), "cuda": ("",)}
+    variants = {"triton": ("", "tiled-vjp"), "cuda": ("",)}
     for backend in backends:
         for variant in variants.get(backend, ("",)):
             try:

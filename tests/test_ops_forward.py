@@ -297,10 +297,21 @@ def _small_kernel_outputs(pos, vel, mass, dt, integrator):
     return out
 
 
+def _agree_to_rounding(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal but for a few ulps of the tensor's scale (norm-wise)."""
+    scale = float(b.abs().max()) if b.numel() else 0.0
+    return float((a - b).abs().max()) <= 64 * torch.finfo(b.dtype).eps * max(scale, 1e-30)
+
+
+# The two slab paths differ only in memory instructions, but not always bitwise: on an H200
+# (2026-11-26) 7 of 20 (N, D, dtype) configurations of the self-test differed in the last bits
+# (among them float64 N = 4, in this test's range) while every path matched the float64 reference
+# within the suite's tolerance; the two instantiations are separate code, compiled separately.
+# So the paths must agree to rounding here; accuracy is held to the reference elsewhere.
 @pytest.mark.parametrize("unaligned", [False, True], ids=["aligned", "unaligned"])
 @pytest.mark.parametrize("N", [2, 3, 4])
 @pytest.mark.parametrize("D", [2, 3], ids=["D2", "D3"])
-def test_cuda_slab_io_modes_are_bitwise_equal(D, N, unaligned, dtype, monkeypatch):
+def test_cuda_slab_io_modes_agree(D, N, unaligned, dtype, monkeypatch):
     require_backend("cuda")
     for B in (256, 300, 129):
         system = make_system(N, D, (B,), dtype=dtype, seed=B + N).to(device="cuda")
@@ -315,7 +326,7 @@ def test_cuda_slab_io_modes_are_bitwise_equal(D, N, unaligned, dtype, monkeypatc
                 monkeypatch.setenv("AITS_CUDA_SLAB_IO", mode)
                 results[mode] = _small_kernel_outputs(pos, system.vel, system.mass, dt, integrator)
             for k, (a, b) in enumerate(zip(results["vector"], results["scalar"])):
-                assert torch.equal(a, b), f"output {k} differs between slab IO modes: B={B} {integrator}"
+                assert _agree_to_rounding(a, b), f"output {k} differs between slab IO modes: B={B} {integrator}"
                 assert bool(torch.isfinite(a).all()), f"output {k} not finite: B={B} {integrator}"
 
 

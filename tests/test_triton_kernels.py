@@ -143,13 +143,16 @@ def test_acceleration_vjp(N, D, dtype, B, softening, with_field):
            _reference_vjp(x.cpu(), m.cpu(), g.cpu(), kw))
 
 
-def test_acceleration_vjp_accumulates():
-    """accumulate=True adds the VJP into out with one rounding, as out + vjp would. N = 45 is
-    used by no other test, so on a GPU this call is the autotuner's first at that size: its
-    trial launches must leave out as it was (restore_value)."""
+@pytest.mark.parametrize("N", [45, 70], ids=["small-system-kernel", "all-pairs-kernel"])
+def test_acceleration_vjp_accumulates(N):
+    """accumulate=True adds the VJP into out with one rounding, as out + vjp would, in both VJP
+    kernels (N <= pairwise.SMALL_VJP_MAX_N and above). N = 70 is used by no other test, so on a
+    GPU this call is the autotuner's first at that size: its trial launches must leave out as it
+    was (restore_value)."""
     from aitimestepper.ops.triton import pairwise
 
-    pos, vel, mass, _ = _system(5, 45, 3, seed=11)
+    assert (N <= pairwise.SMALL_VJP_MAX_N) == (N == 45)
+    pos, vel, mass, _ = _system(2, N, 3, seed=11)
     x, m, g, start = _on(torch.float32, pos, mass, vel, pos.flip(-1))
     physics = _physics(1.0, 0.05, None, 3)
     out = start.clone()

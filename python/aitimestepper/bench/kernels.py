@@ -153,19 +153,21 @@ VARIANTS: dict[tuple[str, str], tuple[str, tuple]] = {
     ("triton", "fused-adjoint-64"): ("fused.FUSED_MAX_N[(float32, adjoint)] = 64: the float32 adjoint "
                                      "as one fused launch up to 64 bodies (default 32, then a launch loop)",
                                      (("fused", "FUSED_MAX_N", _F32_ADJOINT, 64),)),
+    ("triton", "fused-adjoint-64-8w"): ("fused-adjoint-64 on 8 warps (fused.TILE_WARPS[(64, float32, "
+                                        "adjoint)]; 4 warps spill)",
+                                        (("fused", "FUSED_MAX_N", _F32_ADJOINT, 64),
+                                         ("fused", "TILE_WARPS", (64, *_F32_ADJOINT), 8))),
     ("triton", "no-prefetch"): ("fused.ADJOINT_PREFETCH = False: the fused tile adjoint loads each "
                                 "boundary's trajectory when it reaches it",
                                 (("fused", "ADJOINT_PREFETCH", False),)),
-    ("triton", "adjoint-32-4w"): ("fused.TILE_WARPS[(32, float32, adjoint)] = 4 (default 2)",
-                                  (("fused", "TILE_WARPS", (32, *_F32_ADJOINT), 4),)),
+    ("triton", "tiled-vjp"): ("pairwise.SMALL_VJP_MAX_N = 0: the launch loop's VJP of a small system "
+                              "in the all-pairs kernel (lanes on sources, shuffle reduction)",
+                              (("pairwise", "SMALL_VJP_MAX_N", 0),)),
 }
-for _warps in (8, 16):  # the fused adjoint at N = 64 on more warps (default 4: spills)
-    VARIANTS[("triton", f"fused-adjoint-64-{_warps}w")] = (
-        f"fused-adjoint-64 on {_warps} warps (fused.TILE_WARPS[(64, float32, adjoint)])",
-        (("fused", "FUSED_MAX_N", _F32_ADJOINT, 64), ("fused", "TILE_WARPS", (64, *_F32_ADJOINT), _warps)))
-VARIANTS[("triton", "fused-adjoint-64-8w-no-prefetch")] = (
-    "fused-adjoint-64-8w with fused.ADJOINT_PREFETCH = False",
-    VARIANTS[("triton", "fused-adjoint-64-8w")][1] + VARIANTS[("triton", "no-prefetch")][1])
+for _jc, _warps in ((8, 2), (32, 8)):
+    VARIANTS[("triton", f"small-vjp-{_jc}x{_warps}w")] = (
+        f"pairwise.SMALL_VJP_TILE = ({_jc}, {_warps}): source chunks of {_jc} on {_warps} warps",
+        (("pairwise", "SMALL_VJP_TILE", (_jc, _warps)),))
 
 
 @contextlib.contextmanager
@@ -282,17 +284,15 @@ def gpu_plan(quick: bool, dry: bool) -> list[Case]:
                       note="baseline: 4-byte coalesced slab loads and stores")]
         plan += [Case("energy_grad", "triton", "float32", N=64, B=grad_b64, steps=grad_steps, wrt="dt,state",
                       variant=v, note=note)
-                 for v, note in (("torch-boundary", "baseline: the launch loop's boundary work as torch ops"),
-                                 ("fused-adjoint-64", "the adjoint as one fused launch at N = 64, 4 warps"),
-                                 ("fused-adjoint-64-8w", "the fused adjoint on 8 warps"),
-                                 ("fused-adjoint-64-16w", "the fused adjoint on 16 warps"),
-                                 ("fused-adjoint-64-8w-no-prefetch", "8 warps, trajectory not prefetched"))]
-        # N = 32: the float32 adjoint's largest fused size by default.
-        plan += [Case("energy_grad", b, "float32", N=32, B=4 * grad_b64, steps=grad_steps, wrt="dt,state",
+                 for v, note in (("tiled-vjp", "baseline: the all-pairs VJP kernel in the launch loop"),
+                                 ("torch-boundary", "baseline: the launch loop's boundary work as torch ops"),
+                                 ("small-vjp-8x2w", "small-system VJP, chunks of 8 on 2 warps"),
+                                 ("small-vjp-32x8w", "small-system VJP, chunks of 32 on 8 warps"),
+                                 ("fused-adjoint-64-8w", "the adjoint as one fused launch at N = 64"))]
+        # N = 32: the float32 adjoint's largest fused size by default (prefetch unmeasured before).
+        plan += [Case("energy_grad", "triton", "float32", N=32, B=4 * grad_b64, steps=grad_steps, wrt="dt,state",
                       variant=v, note=note)
-                 for b, v, note in (("cuda", "", ""), ("triton", "", ""),
-                                    ("triton", "adjoint-32-4w", "the fused adjoint on 4 warps"),
-                                    ("triton", "no-prefetch", "trajectory not prefetched"))]
+                 for v, note in (("", ""), ("no-prefetch", "trajectory not prefetched"))]
 
     fewer = "reference: fewer steps per call (the rate is per step)"
     plan += [Case("acceleration", "reference", dtype, N=ref_N, B=1,

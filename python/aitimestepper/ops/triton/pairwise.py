@@ -16,6 +16,7 @@ energy (atomics would not; the training gate compares energies).
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import torch
 import triton
@@ -255,6 +256,85 @@ def _acceleration_vjp_kernel(pos_ptr, mass_ptr, grad_ptr, out_ptr, N,
         tl.store(out_b + offs_i * D + d, value, mask=imask)
 
 
+@triton.jit
+def _acceleration_vjp_small_kernel(pos_ptr, mass_ptr, grad_ptr, out_ptr, N,
+                                   G_in: tl.float64, eps2_in: tl.float64, gm_in: tl.float64,
+                                   rx: tl.float64, ry: tl.float64, rz: tl.float64,
+                                   D: tl.constexpr, HAS_FIELD: tl.constexpr, ACCUMULATE: tl.constexpr,
+                                   NP: tl.constexpr, JC: tl.constexpr):
+    """The VJP of one whole system (N <= NP) per program, sources j in chunks of JC.
+
+    Pair terms are [JC (j), NP (i)] tiles with i on the fastest axis, so the lanes of a warp hold
+    targets and each thread sums its sources in registers; the sum across the chunk's rows (and
+    warps) happens once per program, after the sweep. The all-pairs kernel above puts lanes on j
+    instead, and for a system of a few dozen bodies its lane-shuffle reduction over j, once per
+    program of only one or two tiles, costs about as much as the pair terms."""
+    DTYPE = pos_ptr.dtype.element_ty
+    G, eps2, gm, R = launch_constants(G_in, eps2_in, gm_in, rx, ry, rz, DTYPE)
+    base = tl.program_id(0).to(tl.int64) * N
+    pos_b = pos_ptr + base * D
+    mass_b = mass_ptr + base
+    grad_b = grad_ptr + base * D
+    offs_i = tl.arange(0, NP)
+    imask = offs_i < N
+    x_own = _load_coords(pos_b, offs_i, imask, D, True)
+    g_own = _load_coords(grad_b, offs_i, imask, D, True)
+    mi = tl.load(mass_b + offs_i, mask=imask, other=0.0)[None, :]
+    xi = ()
+    gi = ()
+    acc = ()
+    for d in tl.static_range(D):
+        xi = xi + (x_own[d][None, :],)
+        gi = gi + (g_own[d][None, :],)
+        acc = acc + (tl.zeros([JC, NP], DTYPE),)
+    for j0 in range(0, N, JC):  # a run-time loop: one chunk's terms live at a time
+        offs_j = j0 + tl.arange(0, JC)
+        jmask = offs_j < N
+        xj = _load_coords(pos_b, offs_j, jmask, D, True)
+        gj = _load_coords(grad_b, offs_j, jmask, D, True)
+        mj = tl.load(mass_b + offs_j, mask=jmask, other=0.0)[:, None]
+        r = ()
+        w = ()
+        for d in tl.static_range(D):
+            r = r + (xj[d][:, None] - xi[d],)
+            w = w + (mi * gj[d][:, None] - mj * gi[d],)
+        valid = jmask[:, None] & imask[None, :] & (offs_j[:, None] != offs_i[None, :])
+        inv = tl.where(valid, inverse_distance(r, eps2, D), 0.0)  # chosen, never multiplied
+        term = pair_vjp_term(r, w, inv, D)
+        new = ()
+        for d in tl.static_range(D):
+            new = new + (acc[d] + term[d],)
+        acc = new
+    grad = ()
+    for d in tl.static_range(D):
+        grad = grad + (G * tl.sum(acc[d], axis=0),)
+    if HAS_FIELD:
+        grad = add_scaled(grad, gm, tidal_acceleration_vjp_terms(x_own, g_own, R, D), D)
+    out_b = out_ptr + base * D
+    for d in tl.static_range(D):
+        value = grad[d]
+        if ACCUMULATE:
+            value = tl.load(out_b + offs_i * D + d, mask=imask, other=0.0) + value
+        tl.store(out_b + offs_i * D + d, value, mask=imask)
+
+
+# Systems up to this many bodies take _acceleration_vjp_small_kernel (0: never; the benchmark's
+# "tiled-vjp" variant times the all-pairs kernel there instead). Read per call.
+SMALL_VJP_MAX_N = 64
+# (JC, num_warps) instead of _small_vjp_layout's choice, where set (benchmark variants).
+SMALL_VJP_TILE: Optional[tuple[int, int]] = None
+
+
+def _small_vjp_layout(N: int) -> tuple[int, int, int]:
+    """(NP, JC, num_warps): a [JC, NP] pair tile of at most 1024 slots, 8 per thread (sm_90,
+    float32, D = 3, NP = 64, JC = 16 on 4 warps: 121 registers, no spills)."""
+    NP = max(16, triton.next_power_of_2(N))
+    if SMALL_VJP_TILE is not None:
+        return NP, *SMALL_VJP_TILE
+    JC = max(1, min(NP, 1024 // NP))
+    return NP, JC, max(1, JC * NP // 256)
+
+
 # GPU tile configurations (BLOCK_I a multiple of BLOCK_J). Lanes run along j and warps along i, so
 # a thread holds BLOCK_I / num_warps targets and reuses each loaded source for all of them. On an
 # H200 (float32 acceleration, N = 131072) all of these reach 1.55-1.72e12 pair interactions/s;
@@ -262,11 +342,6 @@ def _acceleration_vjp_kernel(pos_ptr, mass_ptr, grad_ptr, out_ptr, N,
 # VJP spills at 128 x 32 on 4 warps, which the autotuner sees as slow.
 _GPU_CONFIGS = [
     triton.Config({"BLOCK_I": 32, "BLOCK_J": 32}, num_warps=4),
-    # Fewer registers for small systems, where a program sweeps only a few tiles and the loads'
-    # latency is hidden by other programs rather than by the sweep (sm_90, float32 VJP: 32 x 32 on
-    # 4 warps 164 registers, on 8 warps 97; 32 x 16 on 4 warps 79).
-    triton.Config({"BLOCK_I": 32, "BLOCK_J": 32}, num_warps=8),
-    triton.Config({"BLOCK_I": 32, "BLOCK_J": 16}, num_warps=4),
     triton.Config({"BLOCK_I": 64, "BLOCK_J": 32}, num_warps=4),
     triton.Config({"BLOCK_I": 64, "BLOCK_J": 32}, num_warps=8),
     triton.Config({"BLOCK_I": 128, "BLOCK_J": 32}, num_warps=4),
@@ -353,6 +428,14 @@ def acceleration_vjp(pos: torch.Tensor, mass: torch.Tensor, grad_acc: torch.Tens
     if B == 0 or N == 0:
         return
     _launch.check_device(pos, mass, grad_acc, out)
+    phys = _launch.unpack_physics(physics)
+    if N <= SMALL_VJP_MAX_N:
+        NP, JC, warps = _small_vjp_layout(N)
+        with _launch.quiet_interpreter():
+            _acceleration_vjp_small_kernel[(B,)](
+                pos, mass, grad_acc, out, N, *phys.scalars(), D=D, HAS_FIELD=phys.has_field,
+                ACCUMULATE=accumulate, NP=NP, JC=JC, num_warps=warps)
+        return
     tuned = None if _launch.INTERPRET else _vjp_tuned
-    _launch_pairwise(_acceleration_vjp_kernel, tuned, (pos, mass, grad_acc, out), B, N, D,
-                     _launch.unpack_physics(physics), ACCUMULATE=accumulate)
+    _launch_pairwise(_acceleration_vjp_kernel, tuned, (pos, mass, grad_acc, out), B, N, D, phys,
+                     ACCUMULATE=accumulate)
