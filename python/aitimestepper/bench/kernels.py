@@ -164,7 +164,7 @@ VARIANTS: dict[tuple[str, str], tuple[str, tuple]] = {
                               "in the all-pairs kernel (lanes on sources, shuffle reduction)",
                               (("pairwise", "SMALL_VJP_MAX_N", 0),)),
 }
-for _jc, _warps in ((8, 2), (32, 8)):
+for _jc, _warps in ((8, 1), (16, 4)):
     VARIANTS[("triton", f"small-vjp-{_jc}x{_warps}w")] = (
         f"pairwise.SMALL_VJP_TILE = ({_jc}, {_warps}): source chunks of {_jc} on {_warps} warps",
         (("pairwise", "SMALL_VJP_TILE", (_jc, _warps)),))
@@ -286,8 +286,8 @@ def gpu_plan(quick: bool, dry: bool) -> list[Case]:
                       variant=v, note=note)
                  for v, note in (("tiled-vjp", "baseline: the all-pairs VJP kernel in the launch loop"),
                                  ("torch-boundary", "baseline: the launch loop's boundary work as torch ops"),
-                                 ("small-vjp-8x2w", "small-system VJP, chunks of 8 on 2 warps"),
-                                 ("small-vjp-32x8w", "small-system VJP, chunks of 32 on 8 warps"),
+                                 ("small-vjp-8x1w", "small-system VJP, chunks of 8 on 1 warp"),
+                                 ("small-vjp-16x4w", "small-system VJP, chunks of 16 on 4 warps"),
                                  ("fused-adjoint-64-8w", "the adjoint as one fused launch at N = 64"))]
         # N = 32: the float32 adjoint's largest fused size by default (prefetch unmeasured before).
         plan += [Case("energy_grad", "triton", "float32", N=32, B=4 * grad_b64, steps=grad_steps, wrt="dt,state",

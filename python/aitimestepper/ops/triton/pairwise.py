@@ -326,13 +326,17 @@ SMALL_VJP_TILE: Optional[tuple[int, int]] = None
 
 
 def _small_vjp_layout(N: int) -> tuple[int, int, int]:
-    """(NP, JC, num_warps): a [JC, NP] pair tile of at most 1024 slots, 8 per thread (sm_90,
-    float32, D = 3, NP = 64, JC = 16 on 4 warps: 121 registers, no spills)."""
+    """(NP, JC, num_warps): one warp per system, a [JC, NP] pair tile of 256 slots, 8 per thread.
+
+    H200, float32, N = 64, B = 16384, energy-error backward / forward through the launch loop
+    (bench/results/h200-2026-11-26c): (JC, warps) = (4, 1) 3.17x, (8, 1) 3.74x, (8, 2) 3.45-3.98x,
+    (16, 2) 3.9x, (16, 4) 3.84x, (32, 8) 4.65-4.91x; the all-pairs kernel 6.12x. Small programs
+    win: a whole system per program leaves few tiles to overlap within one, so many resident
+    programs per SM must hide the loads' latency instead."""
     NP = max(16, triton.next_power_of_2(N))
     if SMALL_VJP_TILE is not None:
         return NP, *SMALL_VJP_TILE
-    JC = max(1, min(NP, 1024 // NP))
-    return NP, JC, max(1, JC * NP // 256)
+    return NP, max(1, 256 // NP), 1
 
 
 # GPU tile configurations (BLOCK_I a multiple of BLOCK_J). Lanes run along j and warps along i, so
