@@ -162,6 +162,23 @@ def test_acceleration_vjp_accumulates(N):
     assert torch.equal(out, start + vjp)
 
 
+@pytest.mark.parametrize("N", [45, 70], ids=["small-system-kernel", "all-pairs-kernel"])
+def test_acceleration_vjp_fma_accumulation(monkeypatch, N):
+    """pairwise.VJP_FMA_ACCUMULATE sums the pair terms with two FMAs per coordinate: a different
+    rounding of the same formula, held to the reference like the default."""
+    from aitimestepper.ops.triton import pairwise
+
+    monkeypatch.setattr(pairwise, "VJP_FMA_ACCUMULATE", True)
+    pos, vel, mass, _ = _system(2, N, 3, seed=12)
+    field = _field(True, 3)
+    kw = dict(G=0.7, softening=0.05, field=field)
+    for dtype in (torch.float64, torch.float32):
+        x, m, g = _on(dtype, pos, mass, vel)
+        out = torch.empty_like(x)
+        pairwise.acceleration_vjp(x, m, g, out, _physics(0.7, 0.05, field, 3))
+        _check("acceleration_vjp", out, _reference_vjp(pos, mass, vel, kw), _reference_vjp(x.cpu(), m.cpu(), g.cpu(), kw))
+
+
 # ------------------------------------------------------------------------------------------
 # step and step_backward. N = 2, 3, 5 take the fused per-thread (unrolled) layout, 17 and 64
 # the fused tile layout; test_launch_loop_matches forces the one-launch-per-force path.
@@ -348,16 +365,19 @@ def test_io_mode_switch(monkeypatch):
 
 
 @pytest.mark.parametrize("integrator", ["leapfrog", "yoshida4"])
-@pytest.mark.parametrize("fused_boundary", [True, False], ids=["boundary-kernel", "torch-ops"])
-def test_launch_loop_matches(monkeypatch, integrator, fused_boundary):
+@pytest.mark.parametrize("boundary", ["kernel", "torch-ops", "in-vjp"])
+def test_launch_loop_matches(monkeypatch, integrator, boundary):
     """Above fused.FUSED_MAX_N the integrator runs as one pairwise launch per force evaluation
     (test_step covers it too where N = 64 or 17 passes a float64 or adjoint limit); force that
     path at N = 5 and 17 and hold it to the same reference, with the adjoint's per-boundary work
-    as one kernel and as the torch ops it replaced (integrate.FUSED_BOUNDARY)."""
-    from aitimestepper.ops.triton import fused, integrate
+    as one kernel, as the torch ops it replaced (integrate.FUSED_BOUNDARY), and folded into the
+    small-system VJP (integrate.BOUNDARY_IN_VJP)."""
+    from aitimestepper.ops.triton import fused, integrate, pairwise
 
     monkeypatch.setattr(fused, "FUSED_MAX_N", {key: 4 for key in fused.FUSED_MAX_N})
-    monkeypatch.setattr(integrate, "FUSED_BOUNDARY", fused_boundary)
+    monkeypatch.setattr(integrate, "FUSED_BOUNDARY", boundary != "torch-ops")
+    monkeypatch.setattr(integrate, "BOUNDARY_IN_VJP", boundary == "in-vjp")
+    monkeypatch.setattr(pairwise, "VJP_FMA_ACCUMULATE", boundary == "in-vjp")  # its other variant
     for N, D, field in ((5, 3, _field(True, 3)), (17, 2, None)):
         pos, vel, mass, dt = _on(torch.float64, *_system(3, N, D, seed=3))
         kw = dict(G=1.0, softening=0.05, field=field)

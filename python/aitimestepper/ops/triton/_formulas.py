@@ -35,18 +35,36 @@ def inverse_distance(r, eps2, D: tl.constexpr):
 
 
 @triton.jit
+def _vjp_coefficients(r, w, inv, D: tl.constexpr):
+    """(s^-3, 3 s^-5 <r, w>): J(r) w = s^-3 w - 3 s^-5 <r, w> r."""
+    inv2 = inv * inv
+    inv3 = inv2 * inv
+    rw = r[0] * w[0]
+    for d in tl.static_range(1, D):
+        rw = rw + r[d] * w[d]
+    return inv3, (3.0 * rw) * (inv3 * inv2)
+
+
+@triton.jit
 def pair_vjp_term(r, w, inv, D: tl.constexpr):
     """J(r) w with J(r) = s^-3 I - 3 s^-5 r r^T, the Jacobian of r / s^3 (physics.h
     pair_acceleration_vjp). With w = m_k g_j - m_j g_k this is body j's contribution to the
     gradient at body k; a masked pair passes inv = 0 and gets exactly 0."""
-    inv3 = inv * inv * inv
-    rw = r[0] * w[0]
-    for d in tl.static_range(1, D):
-        rw = rw + r[d] * w[d]
-    coef = 3.0 * rw * inv3 * inv * inv
+    inv3, coef = _vjp_coefficients(r, w, inv, D)
     out = ()
     for d in tl.static_range(D):
         out = out + (inv3 * w[d] - coef * r[d],)
+    return out
+
+
+@triton.jit
+def pair_vjp_accumulate(acc, r, w, inv, D: tl.constexpr):
+    """acc + J(r) w as two FMAs per coordinate, where only the sum is needed (the all-pairs
+    sweeps): 3 instructions per pair fewer than forming the term and adding it."""
+    inv3, coef = _vjp_coefficients(r, w, inv, D)
+    out = ()
+    for d in tl.static_range(D):
+        out = out + (tl.fma(-coef, r[d], tl.fma(inv3, w[d], acc[d])),)
     return out
 
 

@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from . import _launch, fused, pairwise
+from ._formulas import add_scaled, launch_constants, tidal_acceleration_vjp_terms
 
 # The adjoint loop's O(N) work per boundary (the substep's drift/kick adjoint, the VJP's weight,
 # the two d/d(dt) sums) as one launch of _boundary_adjoint_kernel, with the VJP launch adding
@@ -23,6 +24,12 @@ from . import _launch, fused, pairwise
 # (False). At N = 64, B = 16384 those ops moved ~13 MB each and cost
 # about as much as the VJP launches themselves. Read per call, so a benchmark can time both.
 FUSED_BOUNDARY = True
+
+# For systems of up to pairwise.SMALL_VJP_MAX_N bodies: each boundary as one launch of
+# _boundary_vjp_small_kernel (the boundary work folded into the small-system VJP: half the
+# launches, and gx, gv, w not written and read back in between) instead of the boundary kernel
+# plus a VJP launch. Off until timed on a GPU (the benchmark's "boundary-in-vjp" variant).
+BOUNDARY_IN_VJP = False
 
 
 def _per_system(values: torch.Tensor) -> torch.Tensor:
@@ -73,6 +80,70 @@ def _boundary_adjoint_kernel(gx_ptr, gv_ptr, v_ptr, a_ptr, dt_ptr, w_ptr, gdt_pt
     tl.store(gdt_ptr + offs_b, gdt + k * gv_a, mask=smask)
 
 
+@triton.jit
+def _boundary_vjp_small_kernel(x_ptr, v_ptr, a_ptr, mass_ptr, dt_ptr, gx_ptr, gv_ptr, gdt_ptr, N,
+                               G_in: tl.float64, eps2_in: tl.float64, gm_in: tl.float64,
+                               rx: tl.float64, ry: tl.float64, rz: tl.float64,
+                               c_in: tl.float64, k_in: tl.float64,
+                               D: tl.constexpr, HAS_FIELD: tl.constexpr, SUBSTEP: tl.constexpr,
+                               FMA_ACC: tl.constexpr, NP: tl.constexpr, JC: tl.constexpr):
+    """Boundary b of the adjoint loop for one whole system per program (N <= NP): the work of
+    _boundary_adjoint_kernel and the VJP launch after it in one pass, gx and gv updated in place.
+
+    The VJP's cotangent w = k dt (gv + h gx) is formed from gx, gv as loaded, for the program's
+    targets and again for each source chunk (the same operations, so the same bits); the new gx
+    and gv are stored only after a barrier, once every thread has read the old ones. A program
+    touches only its own system, so programs never race."""
+    DTYPE = gx_ptr.dtype.element_ty
+    G, eps2, gm, R = launch_constants(G_in, eps2_in, gm_in, rx, ry, rz, DTYPE)
+    c = tl.full([], c_in, DTYPE)
+    k = tl.full([], k_in, DTYPE)
+    sys = tl.program_id(0).to(tl.int64)
+    base = sys * N
+    rows = base * D
+    offs = tl.arange(0, NP)
+    mask = offs < N
+    dt = tl.load(dt_ptr + sys)
+    h = c * dt
+    kdt = k * dt
+    x_own = pairwise._load_coords(x_ptr + rows, offs, mask, D, True)
+    a_own = pairwise._load_coords(a_ptr + rows, offs, mask, D, True)
+    gx_own = pairwise._load_coords(gx_ptr + rows, offs, mask, D, True)
+    gv_old = pairwise._load_coords(gv_ptr + rows, offs, mask, D, True)
+    mi = tl.load(mass_ptr + base + offs, mask=mask, other=0.0)[None, :]
+    SOURCE: tl.constexpr = 1 if SUBSTEP else 2
+    gdt = tl.load(gdt_ptr + sys)
+    gv_own = gv_old
+    if SUBSTEP:  # the adjoint of substep b: gdt += c <gx, v_half>, gv += h gx
+        v_own = pairwise._load_coords(v_ptr + rows, offs, mask, D, True)
+        gx_v = gx_own[0] * tl.fma(0.5 * h, a_own[0], v_own[0])
+        for d in tl.static_range(1, D):
+            gx_v += gx_own[d] * tl.fma(0.5 * h, a_own[d], v_own[d])
+        gdt = gdt + c * tl.sum(gx_v, axis=0)
+        gv_own = ()
+        for d in tl.static_range(D):
+            gv_own = gv_own + (tl.fma(h, gx_own[d], gv_old[d]),)
+    w_own = ()
+    gv_a = gv_own[0] * a_own[0]
+    for d in tl.static_range(D):
+        w_own = w_own + (kdt * gv_own[d],)
+        if d > 0:
+            gv_a += gv_own[d] * a_own[d]
+    gdt = gdt + k * tl.sum(gv_a, axis=0)
+    sums = pairwise._small_vjp_sweep(x_ptr + rows, mass_ptr + base, gx_ptr + rows, gv_ptr + rows, N,
+                                     x_own, w_own, mi, offs, mask, eps2, kdt, h, D, NP, JC, SOURCE, FMA_ACC)
+    vjp = ()
+    for d in tl.static_range(D):
+        vjp = vjp + (G * sums[d],)
+    if HAS_FIELD:
+        vjp = add_scaled(vjp, gm, tidal_acceleration_vjp_terms(x_own, w_own, R, D), D)
+    tl.debug_barrier()  # every source load of the old gx, gv is done
+    for d in tl.static_range(D):
+        tl.store(gx_ptr + rows + offs * D + d, gx_own[d] + vjp[d], mask=mask)
+        tl.store(gv_ptr + rows + offs * D + d, gv_own[d], mask=mask)
+    tl.store(gdt_ptr + sys, gdt)
+
+
 def _boundary_adjoint(gx, gv, v, a, dt, w, gdt, c: float, k: float, substep: bool) -> None:
     """_boundary_adjoint_kernel over all systems (v is not read without the substep)."""
     B, N, D = gx.shape
@@ -116,6 +187,19 @@ def _step_backward_launch_loop(trajectory, mass, dt, grad_pos, grad_vel, out_gra
     gdt = out_grad_dt.zero_()
     nsub = len(weights)
     S = steps * nsub
+    B, N, D = gx.shape
+    if BOUNDARY_IN_VJP and N <= pairwise.SMALL_VJP_MAX_N:
+        NP, JC, warps = pairwise._small_vjp_layout(N)
+        phys = _launch.unpack_physics(physics)
+        for b in range(S, -1, -1):
+            c = weights[b % nsub] if b < S else 0.0
+            c_prev = weights[(b - 1) % nsub] if b > 0 else 0.0
+            _boundary_vjp_small_kernel[(B,)](
+                trajectory[b, 0], trajectory[b, 1], trajectory[b, 2], mass, dt, gx, gv, gdt, N,
+                *phys.scalars(), float(c), 0.5 * (c_prev + c),
+                D=D, HAS_FIELD=phys.has_field, SUBSTEP=b < S, FMA_ACC=pairwise.VJP_FMA_ACCUMULATE,
+                NP=NP, JC=JC, num_warps=warps)
+        return
     if FUSED_BOUNDARY:
         w = torch.empty_like(gx)
         for b in range(S, -1, -1):  # boundary S, then substep b-1's adjoint with boundary b-1...

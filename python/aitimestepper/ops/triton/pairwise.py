@@ -26,6 +26,7 @@ from . import _launch
 from ._formulas import (
     inverse_distance,
     launch_constants,
+    pair_vjp_accumulate,
     pair_vjp_term,
     add_scaled,
     tidal_acceleration_terms,
@@ -99,7 +100,7 @@ def _potential_tile(acc, xi, offs_i, pos_b, mass_b, j0, N, eps2,
 
 @triton.jit
 def _vjp_tile(acc, xi, mi, gi, offs_i, pos_b, mass_b, grad_b, j0, N, eps2,
-              D: tl.constexpr, BLOCK_J: tl.constexpr, MASKED: tl.constexpr):
+              D: tl.constexpr, BLOCK_J: tl.constexpr, MASKED: tl.constexpr, FMA_ACC: tl.constexpr):
     # physics.h pair_acceleration_vjp with k = i: w = m_i g_j - m_j g_i, acc += J(r) w.
     offs_j, jmask, xj, mj = _load_sources(pos_b, mass_b, j0, N, D, BLOCK_J, MASKED)
     gj = _load_coords(grad_b, offs_j, jmask, D, MASKED)
@@ -107,10 +108,20 @@ def _vjp_tile(acc, xi, mi, gi, offs_i, pos_b, mass_b, grad_b, j0, N, eps2,
     w = ()
     for d in tl.static_range(D):
         w = w + (mi * gj[d][None, :] - mj[None, :] * gi[d],)
-    term = pair_vjp_term(r, w, inv, D)
-    out = ()
-    for d in tl.static_range(D):
-        out = out + (acc[d] + term[d],)
+    return _add_vjp_terms(acc, r, w, inv, D, FMA_ACC)
+
+
+@triton.jit
+def _add_vjp_terms(acc, r, w, inv, D: tl.constexpr, FMA_ACC: tl.constexpr):
+    """acc + J(r) w: as two FMAs per coordinate (FMA_ACC, VJP_FMA_ACCUMULATE) or the term formed
+    and then added (the form timed on the H200)."""
+    if FMA_ACC:
+        out = pair_vjp_accumulate(acc, r, w, inv, D)
+    else:
+        term = pair_vjp_term(r, w, inv, D)
+        out = ()
+        for d in tl.static_range(D):
+            out = out + (acc[d] + term[d],)
     return out
 
 
@@ -212,7 +223,7 @@ def _acceleration_vjp_kernel(pos_ptr, mass_ptr, grad_ptr, out_ptr, N,
                              G_in: tl.float64, eps2_in: tl.float64, gm_in: tl.float64,
                              rx: tl.float64, ry: tl.float64, rz: tl.float64,
                              D: tl.constexpr, HAS_FIELD: tl.constexpr, ACCUMULATE: tl.constexpr,
-                             BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
+                             FMA_ACC: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
     DTYPE = pos_ptr.dtype.element_ty
     G, eps2, gm, R = launch_constants(G_in, eps2_in, gm_in, rx, ry, rz, DTYPE)
     base = tl.program_id(0).to(tl.int64) * N
@@ -235,13 +246,13 @@ def _acceleration_vjp_kernel(pos_ptr, mass_ptr, grad_ptr, out_ptr, N,
 
     lo, hi, diag_end, n_full, tail = _sweep_bounds(pid_i, N, BLOCK_I, BLOCK_J)
     for j0 in range(0, lo, BLOCK_J):
-        acc = _vjp_tile(acc, xi, mi, gi, offs_i, pos_b, mass_b, grad_b, j0, N, eps2, D, BLOCK_J, False)
+        acc = _vjp_tile(acc, xi, mi, gi, offs_i, pos_b, mass_b, grad_b, j0, N, eps2, D, BLOCK_J, False, FMA_ACC)
     for j0 in range(lo, diag_end, BLOCK_J):
-        acc = _vjp_tile(acc, xi, mi, gi, offs_i, pos_b, mass_b, grad_b, j0, N, eps2, D, BLOCK_J, True)
+        acc = _vjp_tile(acc, xi, mi, gi, offs_i, pos_b, mass_b, grad_b, j0, N, eps2, D, BLOCK_J, True, FMA_ACC)
     for j0 in range(hi, n_full, BLOCK_J):
-        acc = _vjp_tile(acc, xi, mi, gi, offs_i, pos_b, mass_b, grad_b, j0, N, eps2, D, BLOCK_J, False)
+        acc = _vjp_tile(acc, xi, mi, gi, offs_i, pos_b, mass_b, grad_b, j0, N, eps2, D, BLOCK_J, False, FMA_ACC)
     for j0 in range(tail, N, BLOCK_J):
-        acc = _vjp_tile(acc, xi, mi, gi, offs_i, pos_b, mass_b, grad_b, j0, N, eps2, D, BLOCK_J, True)
+        acc = _vjp_tile(acc, xi, mi, gi, offs_i, pos_b, mass_b, grad_b, j0, N, eps2, D, BLOCK_J, True, FMA_ACC)
 
     grad = ()
     for d in tl.static_range(D):
@@ -257,11 +268,66 @@ def _acceleration_vjp_kernel(pos_ptr, mass_ptr, grad_ptr, out_ptr, N,
 
 
 @triton.jit
+def _source_cotangent(g_b, gv_b, offs, mask, kdt, h, D: tl.constexpr, SOURCE: tl.constexpr):
+    """The VJP's cotangent at bodies `offs`: g itself (SOURCE 0), or, inside the adjoint loop,
+    the boundary's weight k dt times the velocity adjoint after substep b's update,
+    gv + h gx (SOURCE 1, g_b = gx) or gv unchanged (SOURCE 2, the last boundary). Sources and
+    targets form it with the same operations, so a body's value is bitwise the same on both sides."""
+    out = ()
+    if SOURCE == 0:
+        out = _load_coords(g_b, offs, mask, D, True)
+    else:
+        gv = _load_coords(gv_b, offs, mask, D, True)
+        if SOURCE == 1:
+            gx = _load_coords(g_b, offs, mask, D, True)
+            for d in tl.static_range(D):
+                out = out + (kdt * tl.fma(h, gx[d], gv[d]),)
+        else:
+            for d in tl.static_range(D):
+                out = out + (kdt * gv[d],)
+    return out
+
+
+@triton.jit
+def _small_vjp_sweep(pos_b, mass_b, g_b, gv_b, N, x_own, g_own, mi, offs_i, imask, eps2, kdt, h,
+                     D: tl.constexpr, NP: tl.constexpr, JC: tl.constexpr, SOURCE: tl.constexpr,
+                     FMA_ACC: tl.constexpr):
+    """sum_j J(x_j - x_i)(m_i g_j - m_j g_i) for the NP targets of one system (without G), the
+    sources j in chunks of JC: [JC (j), NP (i)] tiles with the targets on the lanes."""
+    DTYPE = pos_b.dtype.element_ty
+    xi = ()
+    gi = ()
+    acc = ()
+    for d in tl.static_range(D):
+        xi = xi + (x_own[d][None, :],)
+        gi = gi + (g_own[d][None, :],)
+        acc = acc + (tl.zeros([JC, NP], DTYPE),)
+    for j0 in range(0, N, JC):  # a run-time loop: one chunk's terms live at a time
+        offs_j = j0 + tl.arange(0, JC)
+        jmask = offs_j < N
+        xj = _load_coords(pos_b, offs_j, jmask, D, True)
+        gj = _source_cotangent(g_b, gv_b, offs_j, jmask, kdt, h, D, SOURCE)
+        mj = tl.load(mass_b + offs_j, mask=jmask, other=0.0)[:, None]
+        r = ()
+        w = ()
+        for d in tl.static_range(D):
+            r = r + (xj[d][:, None] - xi[d],)
+            w = w + (mi * gj[d][:, None] - mj * gi[d],)
+        valid = jmask[:, None] & imask[None, :] & (offs_j[:, None] != offs_i[None, :])
+        inv = tl.where(valid, inverse_distance(r, eps2, D), 0.0)  # chosen, never multiplied
+        acc = _add_vjp_terms(acc, r, w, inv, D, FMA_ACC)
+    out = ()
+    for d in tl.static_range(D):
+        out = out + (tl.sum(acc[d], axis=0),)
+    return out
+
+
+@triton.jit
 def _acceleration_vjp_small_kernel(pos_ptr, mass_ptr, grad_ptr, out_ptr, N,
                                    G_in: tl.float64, eps2_in: tl.float64, gm_in: tl.float64,
                                    rx: tl.float64, ry: tl.float64, rz: tl.float64,
                                    D: tl.constexpr, HAS_FIELD: tl.constexpr, ACCUMULATE: tl.constexpr,
-                                   NP: tl.constexpr, JC: tl.constexpr):
+                                   FMA_ACC: tl.constexpr, NP: tl.constexpr, JC: tl.constexpr):
     """The VJP of one whole system (N <= NP) per program, sources j in chunks of JC.
 
     Pair terms are [JC (j), NP (i)] tiles with i on the fastest axis, so the lanes of a warp hold
@@ -280,34 +346,12 @@ def _acceleration_vjp_small_kernel(pos_ptr, mass_ptr, grad_ptr, out_ptr, N,
     x_own = _load_coords(pos_b, offs_i, imask, D, True)
     g_own = _load_coords(grad_b, offs_i, imask, D, True)
     mi = tl.load(mass_b + offs_i, mask=imask, other=0.0)[None, :]
-    xi = ()
-    gi = ()
-    acc = ()
-    for d in tl.static_range(D):
-        xi = xi + (x_own[d][None, :],)
-        gi = gi + (g_own[d][None, :],)
-        acc = acc + (tl.zeros([JC, NP], DTYPE),)
-    for j0 in range(0, N, JC):  # a run-time loop: one chunk's terms live at a time
-        offs_j = j0 + tl.arange(0, JC)
-        jmask = offs_j < N
-        xj = _load_coords(pos_b, offs_j, jmask, D, True)
-        gj = _load_coords(grad_b, offs_j, jmask, D, True)
-        mj = tl.load(mass_b + offs_j, mask=jmask, other=0.0)[:, None]
-        r = ()
-        w = ()
-        for d in tl.static_range(D):
-            r = r + (xj[d][:, None] - xi[d],)
-            w = w + (mi * gj[d][:, None] - mj * gi[d],)
-        valid = jmask[:, None] & imask[None, :] & (offs_j[:, None] != offs_i[None, :])
-        inv = tl.where(valid, inverse_distance(r, eps2, D), 0.0)  # chosen, never multiplied
-        term = pair_vjp_term(r, w, inv, D)
-        new = ()
-        for d in tl.static_range(D):
-            new = new + (acc[d] + term[d],)
-        acc = new
+    one = tl.full([], 1.0, DTYPE)
+    sums = _small_vjp_sweep(pos_b, mass_b, grad_b, grad_b, N, x_own, g_own, mi, offs_i, imask, eps2,
+                            one, one, D, NP, JC, 0, FMA_ACC)
     grad = ()
     for d in tl.static_range(D):
-        grad = grad + (G * tl.sum(acc[d], axis=0),)
+        grad = grad + (G * sums[d],)
     if HAS_FIELD:
         grad = add_scaled(grad, gm, tidal_acceleration_vjp_terms(x_own, g_own, R, D), D)
     out_b = out_ptr + base * D
@@ -321,6 +365,11 @@ def _acceleration_vjp_small_kernel(pos_ptr, mass_ptr, grad_ptr, out_ptr, N,
 # Systems up to this many bodies take _acceleration_vjp_small_kernel (0: never; the benchmark's
 # "tiled-vjp" variant times the all-pairs kernel there instead). Read per call.
 SMALL_VJP_MAX_N = 64
+# Sum the VJP's pair terms into the accumulators with two FMAs per coordinate instead of forming
+# each term and adding it: 29 instead of 33 FP32 instructions per pair (sm_90 SASS, float32,
+# D = 3), but 96 instead of 80 registers in the one-warp small-system kernel. Off until timed on
+# a GPU (the benchmark's "vjp-fma" variant). Read per call.
+VJP_FMA_ACCUMULATE = False
 # (JC, num_warps) instead of _small_vjp_layout's choice, where set (benchmark variants).
 SMALL_VJP_TILE: Optional[tuple[int, int]] = None
 
@@ -438,8 +487,8 @@ def acceleration_vjp(pos: torch.Tensor, mass: torch.Tensor, grad_acc: torch.Tens
         with _launch.quiet_interpreter():
             _acceleration_vjp_small_kernel[(B,)](
                 pos, mass, grad_acc, out, N, *phys.scalars(), D=D, HAS_FIELD=phys.has_field,
-                ACCUMULATE=accumulate, NP=NP, JC=JC, num_warps=warps)
+                ACCUMULATE=accumulate, FMA_ACC=VJP_FMA_ACCUMULATE, NP=NP, JC=JC, num_warps=warps)
         return
     tuned = None if _launch.INTERPRET else _vjp_tuned
     _launch_pairwise(_acceleration_vjp_kernel, tuned, (pos, mass, grad_acc, out), B, N, D, phys,
-                     ACCUMULATE=accumulate)
+                     ACCUMULATE=accumulate, FMA_ACC=VJP_FMA_ACCUMULATE)
