@@ -24,8 +24,10 @@ Test modules import the helpers with `from conftest import ...` (pytest puts tes
 """
 from __future__ import annotations
 
+import json
 import math
 import os
+import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -60,6 +62,42 @@ def pytest_configure(config):
         "filterwarnings",
         "ignore:Conversion of an array with ndim > 0 to a scalar is deprecated:DeprecationWarning",
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# run order and a timing log that survives a timeout
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Tests marked `compiles` first (a stable sort, so the order is otherwise unchanged).
+
+    Their time goes into compiling Triton variants nothing else uses. Run last, as the file
+    order had them, they were still compiling when bench/gpu_check.sh's test cap ran out, with
+    most workers idle; run first, pytest-xdist spreads them over its workers while the cheap
+    tests fill the gaps."""
+    items.sort(key=lambda item: item.get_closest_marker("compiles") is None)
+
+
+def _log_test_event(**fields) -> None:
+    """With AITS_TEST_TIMINGS=path, append one JSON line per test start and phase end, flushed as
+    it happens: a run cut off by a timeout (pytest's --durations then prints nothing) still says
+    what ran, how long each took and what was in flight. Under pytest-xdist only the controller
+    writes (its workers report every phase to it)."""
+    path = os.environ.get("AITS_TEST_TIMINGS")
+    if not path or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    with open(path, "a") as log:
+        log.write(json.dumps({"t": round(time.time(), 3), **fields}) + "\n")
+
+
+def pytest_runtest_logstart(nodeid, location):
+    _log_test_event(test=nodeid, when="start")
+
+
+def pytest_runtest_logreport(report):
+    worker = getattr(getattr(getattr(report, "node", None), "gateway", None), "id", None)
+    _log_test_event(test=report.nodeid, when=report.when, outcome=report.outcome,
+                    seconds=round(report.duration, 3), worker=worker)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -104,3 +104,31 @@ def test_cuda_scalar_io_variant_switches_the_slab_io_and_is_reported(monkeypatch
     targets = kernels.gpu_targets([row(None, 0.8), row("scalar-io", 0.72)], quick=False, dry=False)
     one_step = next(t for t in targets if t["name"].startswith("one step cuda"))
     assert one_step["status"] == "PASS" and "scalar-io 0.72" in one_step["note"]
+
+
+def test_test_timing_summary_names_the_slow_and_the_unfinished(tmp_path):
+    """bench/test_timings.py reads the log tests/conftest.py writes (AITS_TEST_TIMINGS), also one
+    a timeout cut off mid-line."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    events = [
+        dict(t=0.0, test="t.py::a[1]", when="start"),
+        dict(t=0.1, test="t.py::b", when="start"),
+        dict(t=0.1, test="t.py::a[1]", when="setup", outcome="passed", seconds=0.1),
+        dict(t=5.0, test="t.py::a[1]", when="call", outcome="passed", seconds=4.9),
+        dict(t=5.0, test="t.py::a[1]", when="teardown", outcome="passed", seconds=0.0),
+        dict(t=5.1, test="t.py::b", when="setup", outcome="skipped", seconds=0.0),
+        dict(t=5.1, test="t.py::b", when="teardown", outcome="passed", seconds=0.0),
+        dict(t=6.0, test="t.py::a[2]", when="start"),
+    ]
+    log = tmp_path / "timings.jsonl"
+    log.write_text("".join(json.dumps(e) + "\n" for e in events) + '{"t": 7.0, "test": "t.py::c", "wh')
+    script = Path(__file__).resolve().parents[1] / "bench" / "test_timings.py"
+    out = subprocess.run([sys.executable, str(script), str(log), "--top", "2"], capture_output=True,
+                         text=True, check=True).stdout
+    assert "2 tests finished (1 passed, 1 skipped)" in out
+    assert "1 still running" in out and "t.py::a[2]" in out
+    assert "5.00  t.py::a[1]" in out  # setup + call + teardown
+    assert "5.0  t.py::a" in out  # per function

@@ -146,9 +146,9 @@ def test_acceleration_vjp(N, D, dtype, B, softening, with_field):
 @pytest.mark.parametrize("N", [45, 70], ids=["small-system-kernel", "all-pairs-kernel"])
 def test_acceleration_vjp_accumulates(N):
     """accumulate=True adds the VJP into out with one rounding, as out + vjp would, in both VJP
-    kernels (N <= pairwise.SMALL_VJP_MAX_N and above). N = 70 is used by no other test, so on a
-    GPU this call is the autotuner's first at that size: its trial launches must leave out as it
-    was (restore_value)."""
+    kernels (N <= pairwise.SMALL_VJP_MAX_N and above). With the autotuner on (the default outside
+    bench/gpu_check.sh's tests) N = 70 is its first call at that size; test_autotuned_launches
+    checks that path on purpose."""
     from aitimestepper.ops.triton import pairwise
 
     assert (N <= pairwise.SMALL_VJP_MAX_N) == (N == 45)
@@ -160,6 +160,78 @@ def test_acceleration_vjp_accumulates(N):
     vjp = torch.empty_like(x)
     pairwise.acceleration_vjp(x, m, g, vjp, physics)
     assert torch.equal(out, start + vjp)
+
+
+# On a GPU the pairwise kernels run on one of pairwise._GPU_CONFIGS, picked by the autotuner per
+# (N, D, dtype), or on pairwise._DEFAULT_TILE with AITS_TRITON_AUTOTUNE=0 (how bench/gpu_check.sh
+# runs the tests: no tuning runs in each of its workers). These two tests cover the rest: every
+# tile the autotuner may pick, and the autotuned launch itself. N = 300 is a multiple of no tile
+# (a partial last block everywhere) and is used by no other test, so the autotuner's first call
+# at that size happens here.
+GPU_TILE_N = 300
+
+
+@pytest.mark.compiles
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_every_gpu_tile_matches_reference(monkeypatch, dtype):
+    from aitimestepper.ops.triton import pairwise
+
+    if DEVICE == "cpu":
+        pytest.skip("the GPU tiles exist only for compiled kernels (the interpreter has one fixed tile)")
+    monkeypatch.setattr(pairwise, "_AUTOTUNE", False)
+    pos, vel, mass, _ = _system(2, GPU_TILE_N, 3, seed=13)
+    field = _field(True, 3)
+    kw = dict(G=0.9, softening=0.02, field=field)
+    physics = _physics(0.9, 0.02, field, 3)
+    x, m, g = _on(dtype, pos, mass, vel)
+    exact = (reference.acceleration(pos, mass, **kw), reference.potential_energy(pos, mass, **kw),
+             _reference_vjp(pos, mass, vel, kw))
+    ref32 = (reference.acceleration(x.cpu(), m.cpu(), **kw), reference.potential_energy(x.cpu(), m.cpu(), **kw),
+             _reference_vjp(x.cpu(), m.cpu(), g.cpu(), kw)) if dtype == torch.float32 else (None,) * 3
+    for config in pairwise._GPU_CONFIGS:
+        tile = (config.kwargs["BLOCK_I"], config.kwargs["BLOCK_J"], config.num_warps)
+        monkeypatch.setitem(pairwise._DEFAULT_TILE, dtype, tile)
+        acc, vjp = torch.empty_like(x), torch.empty_like(x)
+        energy = torch.empty(2, dtype=dtype, device=DEVICE)
+        pairwise.acceleration(x, m, acc, physics)
+        pairwise.potential_energy(x, m, energy, physics)
+        pairwise.acceleration_vjp(x, m, g, vjp, physics)
+        for name, value, e, r in zip(("acceleration", "potential", "acceleration_vjp"), (acc, energy, vjp), exact, ref32):
+            _check(f"{name} on tile (BLOCK_I, BLOCK_J, warps) = {tile}", value, e, r)
+
+
+@pytest.mark.compiles
+def test_autotuned_launches(monkeypatch):
+    """The autotuner times every tile on the real buffers: its trial launches must leave no trace
+    (the potential's partial sums reset to zero, the accumulating VJP's out restored), and the
+    tile it keeps must give the same bits on the next call."""
+    from aitimestepper.ops.triton import pairwise
+
+    if DEVICE == "cpu":
+        pytest.skip("the autotuner runs only compiled kernels")
+    monkeypatch.setattr(pairwise, "_AUTOTUNE", True)
+    pos, vel, mass, _ = _system(2, GPU_TILE_N, 3, seed=14)
+    kw = dict(G=1.0, softening=0.05, field=None)
+    physics = _physics(1.0, 0.05, None, 3)
+    x, m, g, start = _on(torch.float32, pos, mass, vel, pos.flip(-1))
+
+    acc = torch.empty_like(x)
+    pairwise.acceleration(x, m, acc, physics)
+    _check("autotuned acceleration", acc, reference.acceleration(pos, mass, **kw),
+           reference.acceleration(x.cpu(), m.cpu(), **kw))
+    energy, again = torch.empty(2, dtype=x.dtype, device=DEVICE), torch.empty(2, dtype=x.dtype, device=DEVICE)
+    pairwise.potential_energy(x, m, energy, physics)
+    pairwise.potential_energy(x, m, again, physics)
+    _check("autotuned potential", energy, reference.potential_energy(pos, mass, **kw),
+           reference.potential_energy(x.cpu(), m.cpu(), **kw))
+    assert torch.equal(energy, again), "the tuned potential must not depend on the tuning runs"
+    out = start.clone()
+    pairwise.acceleration_vjp(x, m, g, out, physics, accumulate=True)
+    vjp = torch.empty_like(x)
+    pairwise.acceleration_vjp(x, m, g, vjp, physics)
+    _check("autotuned acceleration_vjp", vjp, _reference_vjp(pos, mass, vel, kw),
+           _reference_vjp(x.cpu(), m.cpu(), g.cpu(), kw))
+    assert torch.equal(out, start + vjp), "the tuning runs of the accumulating VJP changed out"
 
 
 @pytest.mark.parametrize("N", [45, 70], ids=["small-system-kernel", "all-pairs-kernel"])
@@ -298,10 +370,17 @@ def test_fused_adjoint_up_to_64_bodies(monkeypatch, N, with_field):
 # registers, 16-byte row pieces, one scalar access per value. Only the memory access differs, so
 # the results must be equal (bitwise, but for the adjoint's rounding on a GPU: see below); B
 # crosses BLOCK_B (16 interpreted, 128 on a GPU) with a partial last block.
+# Each (N, D) once, the dtype alternating, so every N and every D meets both dtypes. This test
+# compiles six kernels per case that no other test uses (the two non-default paths, with and
+# without a trajectory, and their adjoint): with all 12 (N, D, dtype) it held 200 of the 417 s
+# that compiling every Triton variant of the GPU test subset took (sm_90, offline, one core of
+# the CI machine; the scalar path's N = 4, D = 3 adjoint alone 11 s).
 IO_CASES = [pytest.param(N, D, dtype, id=f"N{N}-D{D}-{str(dtype)[6:]}")
-            for N in (2, 3, 4) for D in (2, 3) for dtype in (torch.float64, torch.float32)]
+            for N in (2, 3, 4) for D in (2, 3)
+            for dtype in [torch.float64 if (N + D) % 2 == 0 else torch.float32]]
 
 
+@pytest.mark.compiles
 @pytest.mark.parametrize("N, D, dtype", IO_CASES)
 def test_io_modes_give_the_same_results(monkeypatch, N, D, dtype):
     from aitimestepper.ops.triton import fused
@@ -365,19 +444,20 @@ def test_io_mode_switch(monkeypatch):
 
 
 @pytest.mark.parametrize("integrator", ["leapfrog", "yoshida4"])
-@pytest.mark.parametrize("boundary", ["kernel", "torch-ops", "in-vjp"])
+@pytest.mark.parametrize("boundary", ["kernel", "torch-ops", "in-vjp", "in-vjp-fma"])
 def test_launch_loop_matches(monkeypatch, integrator, boundary):
     """Above fused.FUSED_MAX_N the integrator runs as one pairwise launch per force evaluation
     (test_step covers it too where N = 64 or 17 passes a float64 or adjoint limit); force that
     path at N = 5 and 17 and hold it to the same reference, with the adjoint's per-boundary work
     as one kernel, as the torch ops it replaced (integrate.FUSED_BOUNDARY), and folded into the
-    small-system VJP (integrate.BOUNDARY_IN_VJP)."""
+    small-system VJP (integrate.BOUNDARY_IN_VJP), whose pair sums come in both forms
+    (pairwise.VJP_FMA_ACCUMULATE)."""
     from aitimestepper.ops.triton import fused, integrate, pairwise
 
     monkeypatch.setattr(fused, "FUSED_MAX_N", {key: 4 for key in fused.FUSED_MAX_N})
     monkeypatch.setattr(integrate, "FUSED_BOUNDARY", boundary != "torch-ops")
-    monkeypatch.setattr(integrate, "BOUNDARY_IN_VJP", boundary == "in-vjp")
-    monkeypatch.setattr(pairwise, "VJP_FMA_ACCUMULATE", boundary == "in-vjp")  # its other variant
+    monkeypatch.setattr(integrate, "BOUNDARY_IN_VJP", boundary.startswith("in-vjp"))
+    monkeypatch.setattr(pairwise, "VJP_FMA_ACCUMULATE", boundary.endswith("fma"))
     for N, D, field in ((5, 3, _field(True, 3)), (17, 2, None)):
         pos, vel, mass, dt = _on(torch.float64, *_system(3, N, D, seed=3))
         kw = dict(G=1.0, softening=0.05, field=field)

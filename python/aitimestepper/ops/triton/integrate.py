@@ -27,8 +27,11 @@ FUSED_BOUNDARY = True
 
 # For systems of up to pairwise.SMALL_VJP_MAX_N bodies: each boundary as one launch of
 # _boundary_vjp_small_kernel (the boundary work folded into the small-system VJP: half the
-# launches, and gx, gv, w not written and read back in between) instead of the boundary kernel
-# plus a VJP launch. Off until timed on a GPU (the benchmark's "boundary-in-vjp" variant).
+# launches, and w never written and read back) instead of the boundary kernel plus a VJP launch.
+# sm_90, float32, N = 64, D = 3, one warp: 80 registers (92 at the last boundary) like the plain
+# small VJP's 90, or 116-120 with VJP_FMA_ACCUMULATE. Off until timed on a GPU (the benchmark's
+# "boundary-in-vjp" variants): the H200 runs so far timed the backward under a loaded host, where
+# 22 launches per 10 steps may cost more than their GPU work.
 BOUNDARY_IN_VJP = False
 
 
@@ -90,10 +93,14 @@ def _boundary_vjp_small_kernel(x_ptr, v_ptr, a_ptr, mass_ptr, dt_ptr, gx_ptr, gv
     """Boundary b of the adjoint loop for one whole system per program (N <= NP): the work of
     _boundary_adjoint_kernel and the VJP launch after it in one pass, gx and gv updated in place.
 
-    The VJP's cotangent w = k dt (gv + h gx) is formed from gx, gv as loaded, for the program's
-    targets and again for each source chunk (the same operations, so the same bits); the new gx
-    and gv are stored only after a barrier, once every thread has read the old ones. A program
-    touches only its own system, so programs never race."""
+    The substep's adjoint comes first and its new gv goes to memory before a barrier; the sweep
+    then forms each source's cotangent w_j = k dt gv_j from that, with the operation that formed
+    the targets' w from the same values in registers (so the same bits on both sides). No source
+    reads gx, so each program adds its VJP to its own bodies' gx at the end, reloading the old gx
+    rather than holding it through the sweep: the sweep's live values are those of the plain
+    small-system VJP (sm_90, float32, N = 64, D = 3: 143 registers before, when the sweep read
+    the old gx and gv and the stores waited behind a barrier). A program touches only its own
+    system, so programs never race."""
     DTYPE = gx_ptr.dtype.element_ty
     G, eps2, gm, R = launch_constants(G_in, eps2_in, gm_in, rx, ry, rz, DTYPE)
     c = tl.full([], c_in, DTYPE)
@@ -108,21 +115,21 @@ def _boundary_vjp_small_kernel(x_ptr, v_ptr, a_ptr, mass_ptr, dt_ptr, gx_ptr, gv
     kdt = k * dt
     x_own = pairwise._load_coords(x_ptr + rows, offs, mask, D, True)
     a_own = pairwise._load_coords(a_ptr + rows, offs, mask, D, True)
-    gx_own = pairwise._load_coords(gx_ptr + rows, offs, mask, D, True)
-    gv_old = pairwise._load_coords(gv_ptr + rows, offs, mask, D, True)
+    gv_own = pairwise._load_coords(gv_ptr + rows, offs, mask, D, True)
     mi = tl.load(mass_ptr + base + offs, mask=mask, other=0.0)[None, :]
-    SOURCE: tl.constexpr = 1 if SUBSTEP else 2
     gdt = tl.load(gdt_ptr + sys)
-    gv_own = gv_old
     if SUBSTEP:  # the adjoint of substep b: gdt += c <gx, v_half>, gv += h gx
+        gx_own = pairwise._load_coords(gx_ptr + rows, offs, mask, D, True)
         v_own = pairwise._load_coords(v_ptr + rows, offs, mask, D, True)
         gx_v = gx_own[0] * tl.fma(0.5 * h, a_own[0], v_own[0])
         for d in tl.static_range(1, D):
             gx_v += gx_own[d] * tl.fma(0.5 * h, a_own[d], v_own[d])
         gdt = gdt + c * tl.sum(gx_v, axis=0)
-        gv_own = ()
+        gv_new = ()
         for d in tl.static_range(D):
-            gv_own = gv_own + (tl.fma(h, gx_own[d], gv_old[d]),)
+            gv_new = gv_new + (tl.fma(h, gx_own[d], gv_own[d]),)
+            tl.store(gv_ptr + rows + offs * D + d, gv_new[d], mask=mask)
+        gv_own = gv_new
     w_own = ()
     gv_a = gv_own[0] * a_own[0]
     for d in tl.static_range(D):
@@ -130,17 +137,19 @@ def _boundary_vjp_small_kernel(x_ptr, v_ptr, a_ptr, mass_ptr, dt_ptr, gx_ptr, gv
         if d > 0:
             gv_a += gv_own[d] * a_own[d]
     gdt = gdt + k * tl.sum(gv_a, axis=0)
-    sums = pairwise._small_vjp_sweep(x_ptr + rows, mass_ptr + base, gx_ptr + rows, gv_ptr + rows, N,
-                                     x_own, w_own, mi, offs, mask, eps2, kdt, h, D, NP, JC, SOURCE, FMA_ACC)
+    if SUBSTEP:
+        tl.debug_barrier()  # every body's new gv is stored before any thread reads it as a source
+    # The sources' cotangent from gv alone (SOURCE 2: k dt gv_j); the gx pointer goes unread.
+    sums = pairwise._small_vjp_sweep(x_ptr + rows, mass_ptr + base, gv_ptr + rows, gv_ptr + rows, N,
+                                     x_own, w_own, mi, offs, mask, eps2, kdt, h, D, NP, JC, 2, FMA_ACC)
     vjp = ()
     for d in tl.static_range(D):
         vjp = vjp + (G * sums[d],)
     if HAS_FIELD:
         vjp = add_scaled(vjp, gm, tidal_acceleration_vjp_terms(x_own, w_own, R, D), D)
-    tl.debug_barrier()  # every source load of the old gx, gv is done
+    gx_old = pairwise._load_coords(gx_ptr + rows, offs, mask, D, True)
     for d in tl.static_range(D):
-        tl.store(gx_ptr + rows + offs * D + d, gx_own[d] + vjp[d], mask=mask)
-        tl.store(gv_ptr + rows + offs * D + d, gv_own[d], mask=mask)
+        tl.store(gx_ptr + rows + offs * D + d, gx_old[d] + vjp[d], mask=mask)
     tl.store(gdt_ptr + sys, gdt)
 
 
