@@ -71,10 +71,10 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(session, config, items):
     """Tests marked `compiles` first (a stable sort, so the order is otherwise unchanged).
 
-    Their time goes into compiling Triton variants nothing else uses. Run last, as the file
-    order had them, they were still compiling when bench/gpu_check.sh's test cap ran out, with
-    most workers idle; run first, pytest-xdist spreads them over its workers while the cheap
-    tests fill the gaps."""
+    Their time goes into compiling Triton variants nothing else uses. In file order most of
+    them come last, where bench/gpu_check.sh's test cap cut its H200 runs off (pytest-xdist hands
+    out tests about in order; 1072 and 1101 of ~1135 finished), so a few long tests made the
+    tail. Run first, they are spread over the workers while the short tests fill the gaps."""
     items.sort(key=lambda item: item.get_closest_marker("compiles") is None)
 
 
