@@ -44,10 +44,11 @@ def summarise(path: str, top: int) -> str:
     finished &= set(started)
     in_flight = sorted(set(started) - finished, key=lambda t: started[t])
     counts = collections.Counter(outcome.get(t, "passed") for t in finished)
-    lines = [f"{len(finished)} tests finished ({', '.join(f'{n} {k}' for k, n in counts.most_common())}) "
+    by_count = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    lines = [f"{len(finished)} tests finished ({', '.join(f'{n} {k}' for k, n in by_count)}) "
              f"in {0 if first is None else last - first:.0f} s of log"]
     if in_flight:
-        lines.append(f"{len(in_flight)} still running when the log ends (started s after the first event):")
+        lines.append(f"{len(in_flight)} still running when the log ends (started this many s into the log):")
         lines += [f"  {started[t] - first:7.1f}  {t}" for t in in_flight]
     lines.append(f"slowest {top} (setup + call + teardown, s):")
     lines += [f"  {s:7.2f}  {t}" for t, s in sorted(seconds.items(), key=lambda kv: -kv[1])[:top]]

@@ -458,17 +458,23 @@ def test_launch_loop_matches(monkeypatch, integrator, boundary):
     monkeypatch.setattr(integrate, "FUSED_BOUNDARY", boundary != "torch-ops")
     monkeypatch.setattr(integrate, "BOUNDARY_IN_VJP", boundary.startswith("in-vjp"))
     monkeypatch.setattr(pairwise, "VJP_FMA_ACCUMULATE", boundary.endswith("fma"))
-    for N, D, field in ((5, 3, _field(True, 3)), (17, 2, None)):
-        pos, vel, mass, dt = _on(torch.float64, *_system(3, N, D, seed=3))
+    for N, D, field, dtype in ((5, 3, _field(True, 3), torch.float64), (17, 2, None, torch.float32)):
+        pos, vel, mass, dt = _system(3, N, D, seed=3)
+        gen = torch.Generator().manual_seed(4)
+        grad_pos = torch.randn(pos.shape, generator=gen, dtype=torch.float64)
+        grad_vel = torch.randn(pos.shape, generator=gen, dtype=torch.float64)
+        tensors = _on(dtype, pos, vel, mass, dt, grad_pos, grad_vel)
         kw = dict(G=1.0, softening=0.05, field=field)
         physics = _physics(1.0, 0.05, field, D)
-        out_pos, out_vel, traj = _run_step(pos, vel, mass, dt, 2, integrator, physics, with_trajectory=True)
-        _check("trajectory", traj, _reference_trajectory(pos, vel, mass, dt, 2, integrator, kw))
-        grad_pos, grad_vel = vel.flip(-1), pos.flip(-1)
-        got = _run_step_backward(pos, vel, mass, dt, grad_pos, grad_vel, 2, integrator, physics)
+        in32 = [t.cpu() for t in tensors] if dtype == torch.float32 else None
+        out_pos, out_vel, traj = _run_step(*tensors[:4], 2, integrator, physics, with_trajectory=True)
+        _check("trajectory", traj, _reference_trajectory(pos, vel, mass, dt, 2, integrator, kw),
+               _reference_trajectory(*in32[:4], 2, integrator, kw) if in32 else None)
+        got = _run_step_backward(*tensors, 2, integrator, physics)
         exact = _reference_gradients(pos, vel, mass, dt, grad_pos, grad_vel, 2, integrator, kw)
-        for name, value, e in zip(("grad pos", "grad vel", "grad dt"), got, exact):
-            _check(name, value, e)
+        ref32 = _reference_gradients(*in32, 2, integrator, kw) if in32 else (None,) * 3
+        for name, value, e, r in zip(("grad pos", "grad vel", "grad dt"), got, exact, ref32):
+            _check(f"{name} {dtype}", value, e, r)
 
 
 def test_empty_inputs_are_a_no_op():

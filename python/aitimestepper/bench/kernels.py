@@ -281,10 +281,10 @@ def gpu_plan(quick: bool, dry: bool) -> list[Case]:
         # First the open target's candidates (the Triton N = 64 backward), then the rest.
         plan += [Case("energy_grad", "triton", "float32", N=64, B=grad_b64, steps=grad_steps, wrt="dt,state",
                       variant=v, note=note)
-                 for v, note in (("tiled-vjp", "baseline: the all-pairs VJP kernel in the launch loop"),
+                 for v, note in (("boundary-in-vjp-fma", "candidate: both below"),
                                  ("boundary-in-vjp", "candidate: each boundary as one launch"),
                                  ("vjp-fma", "candidate: pair terms summed with two FMAs per coordinate"),
-                                 ("boundary-in-vjp-fma", "candidate: both"))]
+                                 ("tiled-vjp", "baseline: the all-pairs VJP kernel in the launch loop"))]
         plan += [Case("acceleration", "cuda", dtype, N=n, B=1, variant="plain",
                       note="baseline: the plain tiled kernel, each pair evaluated twice")
                  for dtype in ("float32", "float64") for n in acc_Ns]

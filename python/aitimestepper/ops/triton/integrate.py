@@ -28,10 +28,11 @@ FUSED_BOUNDARY = True
 # For systems of up to pairwise.SMALL_VJP_MAX_N bodies: each boundary as one launch of
 # _boundary_vjp_small_kernel (the boundary work folded into the small-system VJP: half the
 # launches, and w never written and read back) instead of the boundary kernel plus a VJP launch.
-# sm_90, float32, N = 64, D = 3, one warp: 80 registers (92 at the last boundary) like the plain
-# small VJP's 90, or 116-120 with VJP_FMA_ACCUMULATE. Off until timed on a GPU (the benchmark's
-# "boundary-in-vjp" variants): the H200 runs so far timed the backward under a loaded host, where
-# 22 launches per 10 steps may cost more than their GPU work.
+# sm_90, float32, N = 64, D = 3, one warp: 92-93 registers and 343 instructions per source chunk
+# (the plain small VJP with accumulate: 90 and 350); with VJP_FMA_ACCUMULATE 87-92 and 330 (plain:
+# 96 and 313). Off until timed on a GPU (the benchmark's "boundary-in-vjp" variants): the H200
+# runs so far timed the backward under a loaded host, where 22 launches per 10 steps may cost
+# more than their GPU work.
 BOUNDARY_IN_VJP = False
 
 
@@ -93,14 +94,14 @@ def _boundary_vjp_small_kernel(x_ptr, v_ptr, a_ptr, mass_ptr, dt_ptr, gx_ptr, gv
     """Boundary b of the adjoint loop for one whole system per program (N <= NP): the work of
     _boundary_adjoint_kernel and the VJP launch after it in one pass, gx and gv updated in place.
 
-    The substep's adjoint comes first and its new gv goes to memory before a barrier; the sweep
-    then forms each source's cotangent w_j = k dt gv_j from that, with the operation that formed
-    the targets' w from the same values in registers (so the same bits on both sides). No source
-    reads gx, so each program adds its VJP to its own bodies' gx at the end, reloading the old gx
-    rather than holding it through the sweep: the sweep's live values are those of the plain
-    small-system VJP (sm_90, float32, N = 64, D = 3: 143 registers before, when the sweep read
-    the old gx and gv and the stores waited behind a barrier). A program touches only its own
-    system, so programs never race."""
+    The substep's adjoint comes first and its new gv goes to memory before a barrier. The VJP
+    is linear in its cotangent w = k dt gv, so the sweep takes gv itself for sources and targets
+    and the sum is scaled by k dt once per body at the end (the boundary kernel path forms w and
+    rounds differently, within the tolerance both are held to). No source reads gx, so each
+    program adds its VJP to its own bodies' gx at the end, reloading the old gx rather than
+    holding it through the sweep: the sweep is the plain small-system VJP's (sm_90, float32,
+    N = 64, D = 3: 143 registers when the sweep read the old gx and gv and formed w per source,
+    80 now). A program touches only its own system, so programs never race."""
     DTYPE = gx_ptr.dtype.element_ty
     G, eps2, gm, R = launch_constants(G_in, eps2_in, gm_in, rx, ry, rz, DTYPE)
     c = tl.full([], c_in, DTYPE)
@@ -112,7 +113,6 @@ def _boundary_vjp_small_kernel(x_ptr, v_ptr, a_ptr, mass_ptr, dt_ptr, gx_ptr, gv
     mask = offs < N
     dt = tl.load(dt_ptr + sys)
     h = c * dt
-    kdt = k * dt
     x_own = pairwise._load_coords(x_ptr + rows, offs, mask, D, True)
     a_own = pairwise._load_coords(a_ptr + rows, offs, mask, D, True)
     gv_own = pairwise._load_coords(gv_ptr + rows, offs, mask, D, True)
@@ -130,26 +130,23 @@ def _boundary_vjp_small_kernel(x_ptr, v_ptr, a_ptr, mass_ptr, dt_ptr, gx_ptr, gv
             gv_new = gv_new + (tl.fma(h, gx_own[d], gv_own[d]),)
             tl.store(gv_ptr + rows + offs * D + d, gv_new[d], mask=mask)
         gv_own = gv_new
-    w_own = ()
     gv_a = gv_own[0] * a_own[0]
-    for d in tl.static_range(D):
-        w_own = w_own + (kdt * gv_own[d],)
-        if d > 0:
-            gv_a += gv_own[d] * a_own[d]
+    for d in tl.static_range(1, D):
+        gv_a += gv_own[d] * a_own[d]
     gdt = gdt + k * tl.sum(gv_a, axis=0)
     if SUBSTEP:
         tl.debug_barrier()  # every body's new gv is stored before any thread reads it as a source
-    # The sources' cotangent from gv alone (SOURCE 2: k dt gv_j); the gx pointer goes unread.
-    sums = pairwise._small_vjp_sweep(x_ptr + rows, mass_ptr + base, gv_ptr + rows, gv_ptr + rows, N,
-                                     x_own, w_own, mi, offs, mask, eps2, kdt, h, D, NP, JC, 2, FMA_ACC)
+    sums = pairwise._small_vjp_sweep(x_ptr + rows, mass_ptr + base, gv_ptr + rows, N, x_own, gv_own, mi,
+                                     offs, mask, eps2, D, NP, JC, FMA_ACC)
     vjp = ()
     for d in tl.static_range(D):
         vjp = vjp + (G * sums[d],)
     if HAS_FIELD:
-        vjp = add_scaled(vjp, gm, tidal_acceleration_vjp_terms(x_own, w_own, R, D), D)
+        vjp = add_scaled(vjp, gm, tidal_acceleration_vjp_terms(x_own, gv_own, R, D), D)
+    kdt = k * dt
     gx_old = pairwise._load_coords(gx_ptr + rows, offs, mask, D, True)
     for d in tl.static_range(D):
-        tl.store(gx_ptr + rows + offs * D + d, gx_old[d] + vjp[d], mask=mask)
+        tl.store(gx_ptr + rows + offs * D + d, tl.fma(kdt, vjp[d], gx_old[d]), mask=mask)
     tl.store(gdt_ptr + sys, gdt)
 
 

@@ -268,32 +268,11 @@ def _acceleration_vjp_kernel(pos_ptr, mass_ptr, grad_ptr, out_ptr, N,
 
 
 @triton.jit
-def _source_cotangent(g_b, gv_b, offs, mask, kdt, h, D: tl.constexpr, SOURCE: tl.constexpr):
-    """The VJP's cotangent at bodies `offs`: g itself (SOURCE 0), or, inside the adjoint loop,
-    the boundary's weight k dt times the velocity adjoint after substep b's update,
-    gv + h gx (SOURCE 1, g_b = gx) or gv unchanged (SOURCE 2, the last boundary). Sources and
-    targets form it with the same operations, so a body's value is bitwise the same on both sides."""
-    out = ()
-    if SOURCE == 0:
-        out = _load_coords(g_b, offs, mask, D, True)
-    else:
-        gv = _load_coords(gv_b, offs, mask, D, True)
-        if SOURCE == 1:
-            gx = _load_coords(g_b, offs, mask, D, True)
-            for d in tl.static_range(D):
-                out = out + (kdt * tl.fma(h, gx[d], gv[d]),)
-        else:
-            for d in tl.static_range(D):
-                out = out + (kdt * gv[d],)
-    return out
-
-
-@triton.jit
-def _small_vjp_sweep(pos_b, mass_b, g_b, gv_b, N, x_own, g_own, mi, offs_i, imask, eps2, kdt, h,
-                     D: tl.constexpr, NP: tl.constexpr, JC: tl.constexpr, SOURCE: tl.constexpr,
-                     FMA_ACC: tl.constexpr):
+def _small_vjp_sweep(pos_b, mass_b, g_b, N, x_own, g_own, mi, offs_i, imask, eps2,
+                     D: tl.constexpr, NP: tl.constexpr, JC: tl.constexpr, FMA_ACC: tl.constexpr):
     """sum_j J(x_j - x_i)(m_i g_j - m_j g_i) for the NP targets of one system (without G), the
-    sources j in chunks of JC: [JC (j), NP (i)] tiles with the targets on the lanes."""
+    sources j in chunks of JC: [JC (j), NP (i)] tiles with the targets on the lanes. g_own holds
+    the targets' g as loaded from g_b."""
     DTYPE = pos_b.dtype.element_ty
     xi = ()
     gi = ()
@@ -306,7 +285,7 @@ def _small_vjp_sweep(pos_b, mass_b, g_b, gv_b, N, x_own, g_own, mi, offs_i, imas
         offs_j = j0 + tl.arange(0, JC)
         jmask = offs_j < N
         xj = _load_coords(pos_b, offs_j, jmask, D, True)
-        gj = _source_cotangent(g_b, gv_b, offs_j, jmask, kdt, h, D, SOURCE)
+        gj = _load_coords(g_b, offs_j, jmask, D, True)
         mj = tl.load(mass_b + offs_j, mask=jmask, other=0.0)[:, None]
         r = ()
         w = ()
@@ -346,9 +325,7 @@ def _acceleration_vjp_small_kernel(pos_ptr, mass_ptr, grad_ptr, out_ptr, N,
     x_own = _load_coords(pos_b, offs_i, imask, D, True)
     g_own = _load_coords(grad_b, offs_i, imask, D, True)
     mi = tl.load(mass_b + offs_i, mask=imask, other=0.0)[None, :]
-    one = tl.full([], 1.0, DTYPE)
-    sums = _small_vjp_sweep(pos_b, mass_b, grad_b, grad_b, N, x_own, g_own, mi, offs_i, imask, eps2,
-                            one, one, D, NP, JC, 0, FMA_ACC)
+    sums = _small_vjp_sweep(pos_b, mass_b, grad_b, N, x_own, g_own, mi, offs_i, imask, eps2, D, NP, JC, FMA_ACC)
     grad = ()
     for d in tl.static_range(D):
         grad = grad + (G * sums[d],)
