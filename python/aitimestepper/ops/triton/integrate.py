@@ -28,9 +28,9 @@ FUSED_BOUNDARY = True
 # For systems of up to pairwise.SMALL_VJP_MAX_N bodies: each boundary as one launch of
 # _boundary_vjp_small_kernel (the boundary work folded into the small-system VJP: half the
 # launches, and w never written and read back) instead of the boundary kernel plus a VJP launch.
-# sm_90, float32, N = 64, D = 3, one warp: 92-93 registers and 343 instructions per source chunk
-# (the plain small VJP with accumulate: 90 and 350); with VJP_FMA_ACCUMULATE 87-92 and 330 (plain:
-# 96 and 313). Off until timed on a GPU (the benchmark's "boundary-in-vjp" variants): the H200
+# sm_90, float32, N = 64, D = 3, one warp: 93 registers and 336-337 instructions per 4-source
+# chunk (the plain small VJP with accumulate: 89 and 342); with VJP_FMA_ACCUMULATE 80-96 and
+# 314-318 (plain: 80 and 314). Off until timed on a GPU (the benchmark's "boundary-in-vjp" variants): the H200
 # runs so far timed the backward under a loaded host, where 22 launches per 10 steps may cost
 # more than their GPU work.
 BOUNDARY_IN_VJP = False
@@ -137,7 +137,7 @@ def _boundary_vjp_small_kernel(x_ptr, v_ptr, a_ptr, mass_ptr, dt_ptr, gx_ptr, gv
     if SUBSTEP:
         tl.debug_barrier()  # every body's new gv is stored before any thread reads it as a source
     sums = pairwise._small_vjp_sweep(x_ptr + rows, mass_ptr + base, gv_ptr + rows, N, x_own, gv_own, mi,
-                                     offs, mask, eps2, D, NP, JC, FMA_ACC)
+                                     offs, eps2, D, NP, JC, FMA_ACC)
     vjp = ()
     for d in tl.static_range(D):
         vjp = vjp + (G * sums[d],)

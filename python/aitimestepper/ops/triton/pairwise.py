@@ -268,11 +268,16 @@ def _acceleration_vjp_kernel(pos_ptr, mass_ptr, grad_ptr, out_ptr, N,
 
 
 @triton.jit
-def _small_vjp_sweep(pos_b, mass_b, g_b, N, x_own, g_own, mi, offs_i, imask, eps2,
+def _small_vjp_sweep(pos_b, mass_b, g_b, N, x_own, g_own, mi, offs_i, eps2,
                      D: tl.constexpr, NP: tl.constexpr, JC: tl.constexpr, FMA_ACC: tl.constexpr):
     """sum_j J(x_j - x_i)(m_i g_j - m_j g_i) for the NP targets of one system (without G), the
     sources j in chunks of JC: [JC (j), NP (i)] tiles with the targets on the lanes. g_own holds
-    the targets' g as loaded from g_b."""
+    the targets' g as loaded from g_b.
+
+    Only the i == j pair and padded sources are selected away. Padded targets (i >= N, loaded
+    as zeros) compute terms too, possibly inf or NaN, but each target's sum is its own column
+    and no store writes theirs: one select per pair fewer (sm_90, float32, N = 64: 350 -> 342
+    instructions per 4-source chunk)."""
     DTYPE = pos_b.dtype.element_ty
     xi = ()
     gi = ()
@@ -292,7 +297,7 @@ def _small_vjp_sweep(pos_b, mass_b, g_b, N, x_own, g_own, mi, offs_i, imask, eps
         for d in tl.static_range(D):
             r = r + (xj[d][:, None] - xi[d],)
             w = w + (mi * gj[d][:, None] - mj * gi[d],)
-        valid = jmask[:, None] & imask[None, :] & (offs_j[:, None] != offs_i[None, :])
+        valid = jmask[:, None] & (offs_j[:, None] != offs_i[None, :])
         inv = tl.where(valid, inverse_distance(r, eps2, D), 0.0)  # chosen, never multiplied
         acc = _add_vjp_terms(acc, r, w, inv, D, FMA_ACC)
     out = ()
@@ -325,7 +330,7 @@ def _acceleration_vjp_small_kernel(pos_ptr, mass_ptr, grad_ptr, out_ptr, N,
     x_own = _load_coords(pos_b, offs_i, imask, D, True)
     g_own = _load_coords(grad_b, offs_i, imask, D, True)
     mi = tl.load(mass_b + offs_i, mask=imask, other=0.0)[None, :]
-    sums = _small_vjp_sweep(pos_b, mass_b, grad_b, N, x_own, g_own, mi, offs_i, imask, eps2, D, NP, JC, FMA_ACC)
+    sums = _small_vjp_sweep(pos_b, mass_b, grad_b, N, x_own, g_own, mi, offs_i, eps2, D, NP, JC, FMA_ACC)
     grad = ()
     for d in tl.static_range(D):
         grad = grad + (G * sums[d],)
@@ -343,9 +348,10 @@ def _acceleration_vjp_small_kernel(pos_ptr, mass_ptr, grad_ptr, out_ptr, N,
 # "tiled-vjp" variant times the all-pairs kernel there instead). Read per call.
 SMALL_VJP_MAX_N = 64
 # Sum the VJP's pair terms into the accumulators with two FMAs per coordinate instead of forming
-# each term and adding it: 29 instead of 33 FP32 instructions per pair (sm_90 SASS, float32,
-# D = 3), but 96 instead of 80 registers in the one-warp small-system kernel. Off until timed on
-# a GPU (the benchmark's "vjp-fma" variant). Read per call.
+# each term and adding it (sm_90 SASS, float32, D = 3): in the one-warp small-system kernel 26
+# instead of 29 FP32 instructions per pair, 314 instead of 342 per 4-source chunk, 80 instead of
+# 89 registers; in the all-pairs tile 29.8 instead of 33.8 per pair. Off until timed on a GPU (the
+# benchmark's "vjp-fma" variant). Read per call.
 VJP_FMA_ACCUMULATE = False
 # (JC, num_warps) instead of _small_vjp_layout's choice, where set (benchmark variants).
 SMALL_VJP_TILE: Optional[tuple[int, int]] = None
