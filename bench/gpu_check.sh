@@ -27,6 +27,15 @@ set -u -o pipefail
 # AITS_TEST_K replaces the keyword expression (a follow-up call that reruns a few tests).
 TEST_SELECTION=(-k "${AITS_TEST_K:-cuda or triton}")
 TEST_WORKERS=${AITS_TEST_WORKERS:-14}
+# xdist options: N workers, and tests handed out one at a time (--maxschedchunk, pytest-xdist
+# >= 3.3) so that the compile-heavy tests conftest.py puts first go to different workers: by
+# default each worker's first hand-out is ~20 consecutive tests, and one worker got them all.
+xdist_args() {
+  "$PYTHON" -c "import xdist" 2>/dev/null || return 0
+  echo "-n $TEST_WORKERS"
+  "$PYTHON" -c "import inspect, sys, xdist.plugin; sys.exit('maxschedchunk' not in inspect.getsource(xdist.plugin))" \
+    2>/dev/null && echo "--maxschedchunk 1"
+}
 
 TOTAL_BUDGET_S=${AITS_GPU_CHECK_BUDGET:-470}
 PYTHON=${PYTHON:-python3}
@@ -150,7 +159,7 @@ TEST_TIMINGS="$OUT/test-timings.jsonl"
 [[ "${AITS_SKIP_TESTS:-0}" == 1 ]] || phase tests "$(limit 210 $((BENCH_RESERVE + 20)))" \
   env AITS_TRITON_AUTOTUNE=0 AITS_TEST_TIMINGS="$TEST_TIMINGS" \
   "$PYTHON" -m pytest -q tests "${TEST_SELECTION[@]}" -p no:cacheprovider \
-  --durations=25 $("$PYTHON" -c "import xdist" 2>/dev/null && echo "-n $TEST_WORKERS")
+  --durations=25 $(xdist_args)
 rc=$?
 # A timeout stops pytest but can leave its xdist workers (execnet children) running, which then
 # load the host under the benchmark (load average ~30 in one such run): stop them.

@@ -171,14 +171,27 @@ def test_acceleration_vjp_accumulates(N):
 GPU_TILE_N = 300
 
 
+def _gpu_tiles() -> list[tuple[int, int, int]]:
+    """(BLOCK_I, BLOCK_J, num_warps) of every autotune configuration (none where triton is missing)."""
+    try:
+        from aitimestepper.ops.triton import pairwise
+    except ImportError:
+        return []
+    return [(c.kwargs["BLOCK_I"], c.kwargs["BLOCK_J"], c.num_warps) for c in pairwise._GPU_CONFIGS]
+
+
+# One test per tile and dtype: each compiles its own kernels for seconds (12-15 s apiece on the
+# H200 machine), and as one test per dtype they held a test worker for 74 s and 51 s.
 @pytest.mark.compiles
+@pytest.mark.parametrize("tile", _gpu_tiles(), ids=lambda tile: "{}x{}-{}w".format(*tile))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
-def test_every_gpu_tile_matches_reference(monkeypatch, dtype):
+def test_every_gpu_tile_matches_reference(monkeypatch, dtype, tile):
     from aitimestepper.ops.triton import pairwise
 
     if DEVICE == "cpu":
         pytest.skip("the GPU tiles exist only for compiled kernels (the interpreter has one fixed tile)")
     monkeypatch.setattr(pairwise, "_AUTOTUNE", False)
+    monkeypatch.setitem(pairwise._DEFAULT_TILE, dtype, tile)
     pos, vel, mass, _ = _system(2, GPU_TILE_N, 3, seed=13)
     field = _field(True, 3)
     kw = dict(G=0.9, softening=0.02, field=field)
@@ -188,16 +201,13 @@ def test_every_gpu_tile_matches_reference(monkeypatch, dtype):
              _reference_vjp(pos, mass, vel, kw))
     ref32 = (reference.acceleration(x.cpu(), m.cpu(), **kw), reference.potential_energy(x.cpu(), m.cpu(), **kw),
              _reference_vjp(x.cpu(), m.cpu(), g.cpu(), kw)) if dtype == torch.float32 else (None,) * 3
-    for config in pairwise._GPU_CONFIGS:
-        tile = (config.kwargs["BLOCK_I"], config.kwargs["BLOCK_J"], config.num_warps)
-        monkeypatch.setitem(pairwise._DEFAULT_TILE, dtype, tile)
-        acc, vjp = torch.empty_like(x), torch.empty_like(x)
-        energy = torch.empty(2, dtype=dtype, device=DEVICE)
-        pairwise.acceleration(x, m, acc, physics)
-        pairwise.potential_energy(x, m, energy, physics)
-        pairwise.acceleration_vjp(x, m, g, vjp, physics)
-        for name, value, e, r in zip(("acceleration", "potential", "acceleration_vjp"), (acc, energy, vjp), exact, ref32):
-            _check(f"{name} on tile (BLOCK_I, BLOCK_J, warps) = {tile}", value, e, r)
+    acc, vjp = torch.empty_like(x), torch.empty_like(x)
+    energy = torch.empty(2, dtype=dtype, device=DEVICE)
+    pairwise.acceleration(x, m, acc, physics)
+    pairwise.potential_energy(x, m, energy, physics)
+    pairwise.acceleration_vjp(x, m, g, vjp, physics)
+    for name, value, e, r in zip(("acceleration", "potential", "acceleration_vjp"), (acc, energy, vjp), exact, ref32):
+        _check(f"{name} on tile (BLOCK_I, BLOCK_J, warps) = {tile}", value, e, r)
 
 
 @pytest.mark.compiles
@@ -444,20 +454,22 @@ def test_io_mode_switch(monkeypatch):
 
 
 @pytest.mark.parametrize("integrator", ["leapfrog", "yoshida4"])
-@pytest.mark.parametrize("boundary", ["kernel", "torch-ops", "in-vjp", "in-vjp-fma"])
+@pytest.mark.parametrize("boundary", ["kernel", "torch-ops", "in-vjp", "in-vjp-fma", "in-vjp-2x1w", "in-vjp-2x1w-fma"])
 def test_launch_loop_matches(monkeypatch, integrator, boundary):
     """Above fused.FUSED_MAX_N the integrator runs as one pairwise launch per force evaluation
     (test_step covers it too where N = 64 or 17 passes a float64 or adjoint limit); force that
     path at N = 5 and 17 and hold it to the same reference, with the adjoint's per-boundary work
     as one kernel, as the torch ops it replaced (integrate.FUSED_BOUNDARY), and folded into the
     small-system VJP (integrate.BOUNDARY_IN_VJP), whose pair sums come in both forms
-    (pairwise.VJP_FMA_ACCUMULATE)."""
+    (pairwise.VJP_FMA_ACCUMULATE) and whose sources come in chunks of 2 as well as the default
+    (pairwise.SMALL_VJP_TILE)."""
     from aitimestepper.ops.triton import fused, integrate, pairwise
 
     monkeypatch.setattr(fused, "FUSED_MAX_N", {key: 4 for key in fused.FUSED_MAX_N})
     monkeypatch.setattr(integrate, "FUSED_BOUNDARY", boundary != "torch-ops")
     monkeypatch.setattr(integrate, "BOUNDARY_IN_VJP", boundary.startswith("in-vjp"))
     monkeypatch.setattr(pairwise, "VJP_FMA_ACCUMULATE", boundary.endswith("fma"))
+    monkeypatch.setattr(pairwise, "SMALL_VJP_TILE", (2, 1) if "2x1w" in boundary else None)
     for N, D, field, dtype in ((5, 3, _field(True, 3), torch.float64), (17, 2, None, torch.float32)):
         pos, vel, mass, dt = _system(3, N, D, seed=3)
         gen = torch.Generator().manual_seed(4)

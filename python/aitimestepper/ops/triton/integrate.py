@@ -7,7 +7,9 @@ pair work (N^2) dwarfs its O(N) state update, so the integrator runs here as a l
 pairwise.acceleration / pairwise.acceleration_vjp launches, in exactly the substep order of the
 fused kernels and of docs/kernel-contract.md: kick (h/2, reused a), drift (h), force evaluation,
 kick (h/2). The forward's kicks and drifts are torch elementwise ops; the adjoint's O(N) work per
-boundary is one small kernel (_boundary_adjoint_kernel) beside each VJP launch.
+boundary is folded into the small-system VJP up to pairwise.SMALL_VJP_MAX_N bodies
+(_boundary_vjp_small_kernel, one launch per boundary) and is one small kernel
+(_boundary_adjoint_kernel) beside each all-pairs VJP launch above that.
 """
 from __future__ import annotations
 
@@ -27,13 +29,13 @@ FUSED_BOUNDARY = True
 
 # For systems of up to pairwise.SMALL_VJP_MAX_N bodies: each boundary as one launch of
 # _boundary_vjp_small_kernel (the boundary work folded into the small-system VJP: half the
-# launches, and w never written and read back) instead of the boundary kernel plus a VJP launch.
-# sm_90, float32, N = 64, D = 3, one warp: 93 registers and 336-337 instructions per 4-source
-# chunk (the plain small VJP with accumulate: 89 and 342); with VJP_FMA_ACCUMULATE 80-96 and
-# 314-318 (plain: 80 and 314). Off until timed on a GPU (the benchmark's "boundary-in-vjp" variants): the H200
-# runs so far timed the backward under a loaded host, where 22 launches per 10 steps may cost
-# more than their GPU work.
-BOUNDARY_IN_VJP = False
+# launches, and w never written and read back) instead of the boundary kernel plus a VJP launch
+# (False; the benchmark's "boundary-kernel" variant). H200, float32, N = 64, B = 16384, 10 leapfrog
+# steps, energy-error backward / forward in one run (bench/results/h200-2026-11-26d, run 1):
+# 3.02x, against 3.41x with the boundary kernel. sm_90, float32, D = 3, one warp, 4-source chunks:
+# 93 registers and 336-337 instructions per chunk (the plain small VJP with accumulate: 89 and 342).
+# Read per call.
+BOUNDARY_IN_VJP = True
 
 
 def _per_system(values: torch.Tensor) -> torch.Tensor:
