@@ -277,14 +277,15 @@ def gpu_plan(quick: bool, dry: bool) -> list[Case]:
     plan += [Case("energy_grad", b, "float32", N=n, B=B, steps=grad_steps, wrt="dt,state")
              for n, B in ((4, grad_b4), (64, grad_b64)) for b in gpus]
     if not dry:  # the baselines of this code's optimizations, in the same run
-        # First the open target's candidates (the Triton N = 64 backward), then the rest. Source
-        # chunks of 2 (sm_90, float32, one warp, boundary in the VJP): 64 registers instead of 93
-        # (32 resident programs per SM instead of 21) for 45.5 instead of 42.1 instructions a pair.
+        # First the alternatives for the target with the thinnest margin (the Triton N = 64
+        # backward: 2.92-3.02x on the H200), then the rest. Source chunks of 2 (sm_90, float32, one
+        # warp, boundary in the VJP): 64 registers instead of 93 (32 resident programs per SM
+        # instead of 21) for 45.5 instead of 42.1 instructions a pair.
         plan += [Case("energy_grad", "triton", "float32", N=64, B=grad_b64, steps=grad_steps, wrt="dt,state",
                       variant=v, note=note)
-                 for v, note in (("small-vjp-2x1w-fma", "candidate: both below"),
-                                 ("small-vjp-2x1w", "candidate: 2-source chunks, 64 registers"),
-                                 ("vjp-fma", "candidate: pair terms summed with two FMAs per coordinate"),
+                 for v, note in (("small-vjp-2x1w-fma", "alternative: both below"),
+                                 ("small-vjp-2x1w", "alternative: 2-source chunks, 64 registers"),
+                                 ("vjp-fma", "alternative: pair terms summed with two FMAs per coordinate"),
                                  ("boundary-kernel", "baseline: the boundary kernel plus a VJP launch per boundary"),
                                  ("tiled-vjp", "baseline: the all-pairs VJP kernel in the launch loop"))]
         plan += [Case("acceleration", "cuda", dtype, N=n, B=1, variant="plain",

@@ -31,8 +31,9 @@ FUSED_BOUNDARY = True
 # _boundary_vjp_small_kernel (the boundary work folded into the small-system VJP: half the
 # launches, and w never written and read back) instead of the boundary kernel plus a VJP launch
 # (False; the benchmark's "boundary-kernel" variant). H200, float32, N = 64, B = 16384, 10 leapfrog
-# steps, energy-error backward / forward in one run (bench/results/h200-2026-11-26d, run 1):
-# 3.02x, against 3.41x with the boundary kernel. sm_90, float32, D = 3, one warp, 4-source chunks:
+# steps, energy-error backward / forward (bench/results/h200-2026-11-26d): 3.02x and 2.92x in two
+# runs, against 3.41x and 2.77x (IQR 18%) with the boundary kernel: half the launches, a quarter of
+# the spread, a lower mean. sm_90, float32, D = 3, one warp, 4-source chunks:
 # 93 registers and 336-337 instructions per chunk (the plain small VJP with accumulate: 89 and 342).
 # Read per call.
 BOUNDARY_IN_VJP = True

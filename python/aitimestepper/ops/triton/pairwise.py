@@ -350,8 +350,9 @@ SMALL_VJP_MAX_N = 64
 # Sum the VJP's pair terms into the accumulators with two FMAs per coordinate instead of forming
 # each term and adding it (sm_90 SASS, float32, D = 3): in the one-warp small-system kernel 26
 # instead of 29 FP32 instructions per pair, 314 instead of 342 per 4-source chunk, 80 instead of
-# 89 registers; in the all-pairs tile 29.8 instead of 33.8 per pair. Off until timed on a GPU (the
-# benchmark's "vjp-fma" variant). Read per call.
+# 89 registers; in the all-pairs tile 29.8 instead of 33.8 per pair. Off: on the H200 the N = 64
+# backward did not gain (bench/results/h200-2026-11-26d: 3.03-3.05x against the default's
+# 2.92-3.02x in the same runs; the benchmark's "vjp-fma" variant). Read per call.
 VJP_FMA_ACCUMULATE = False
 # (JC, num_warps) instead of _small_vjp_layout's choice, where set (benchmark variants).
 SMALL_VJP_TILE: Optional[tuple[int, int]] = None
@@ -364,7 +365,9 @@ def _small_vjp_layout(N: int) -> tuple[int, int, int]:
     (bench/results/h200-2026-11-26c): (JC, warps) = (4, 1) 3.17x, (8, 1) 3.74x, (8, 2) 3.45-3.98x,
     (16, 2) 3.9x, (16, 4) 3.84x, (32, 8) 4.65-4.91x; the all-pairs kernel 6.12x. Small programs
     win: a whole system per program leaves few tiles to overlap within one, so many resident
-    programs per SM must hide the loads' latency instead."""
+    programs per SM must hide the loads' latency instead. But not the smallest: (2, 1), with the
+    boundary folded in (64 registers against 93, 45.5 instructions per pair against 42.1), gave
+    3.16x against (4, 1)'s 2.92x in one run (bench/results/h200-2026-11-26d)."""
     NP = max(16, triton.next_power_of_2(N))
     if SMALL_VJP_TILE is not None:
         return NP, *SMALL_VJP_TILE
