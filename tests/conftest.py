@@ -76,8 +76,9 @@ def pytest_collection_modifyitems(session, config, items):
     out tests about in order; 1072 and 1101 of ~1135 finished), so a few long tests made the
     tail. Run first, they are spread over the workers while the short tests fill the gaps; that
     takes --maxschedchunk 1 (gpu_check.sh passes it), since by default xdist's first hand-out
-    gives each worker a quarter of its share as one consecutive run: in the fourth H200 run one
-    worker got all of them and ran alone for the last 70 s while 30 tests waited in its queue."""
+    gives each worker a quarter of its share as one consecutive run: in one H200 run
+    (bench/results/h200-2026-11-26d, run 1) a single worker got all of them and ran alone for
+    the last 70 s while 30 tests waited in its queue."""
     items.sort(key=lambda item: item.get_closest_marker("compiles") is None)
 
 

@@ -180,8 +180,8 @@ def _gpu_tiles() -> list[tuple[int, int, int]]:
     return [(c.kwargs["BLOCK_I"], c.kwargs["BLOCK_J"], c.num_warps) for c in pairwise._GPU_CONFIGS]
 
 
-# One test per tile and dtype: each compiles its own kernels for seconds (12-15 s apiece on the
-# H200 machine), and as one test per dtype they held a test worker for 74 s and 51 s.
+# One test per tile and dtype: each compiles its own kernels (6-40 s apiece on the H200 machine,
+# beside 13 other compiling workers); as one test per dtype they held a worker for 74 s and 51 s.
 @pytest.mark.compiles
 @pytest.mark.parametrize("tile", _gpu_tiles(), ids=lambda tile: "{}x{}-{}w".format(*tile))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
