@@ -18,11 +18,6 @@
 # AITS_TEST_WORKERS (pytest-xdist processes, default 14 of the machine's 16 cores),
 # AITS_BENCH_RESERVE (seconds kept for the benchmark while the tests run, default 170),
 # AITS_SKIP_TESTS=1 / AITS_SKIP_SELFTEST=1.
-#
-# The reference cases (../shared/cases) are outside the repository, so the device machine's copy
-# lacks them and tests/test_physics.py would skip them there: copy them in first and carry them,
-#   here:    rm -rf .cases && cp -r ../shared/cases .cases     (.cases/ is git-ignored)
-#   device tool: carry [".cases"]; this script then points AITS_CASES_DIR at it.
 
 set -u -o pipefail
 
@@ -161,8 +156,6 @@ rc=0
 #    they happen, so a run the cap cuts off still says what was slow and what was in flight
 #    (bench/test_timings.py prints the summary below).
 TEST_TIMINGS="$OUT/test-timings.jsonl"
-if [[ -z "${AITS_CASES_DIR:-}" && -d .cases ]]; then export AITS_CASES_DIR="$PWD/.cases"; fi
-echo "reference cases: ${AITS_CASES_DIR:-../shared/cases} ($(ls "${AITS_CASES_DIR:-../shared/cases}" 2>/dev/null | grep -c '\.json$') files)"
 [[ "${AITS_SKIP_TESTS:-0}" == 1 ]] || phase tests "$(limit 210 $((BENCH_RESERVE + 20)))" \
   env AITS_TRITON_AUTOTUNE=0 AITS_TEST_TIMINGS="$TEST_TIMINGS" \
   "$PYTHON" -m pytest -q tests "${TEST_SELECTION[@]}" -p no:cacheprovider \

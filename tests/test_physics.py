@@ -10,7 +10,7 @@ are far too slow for thousands of steps and skip (the forward and gradient tests
 - Leapfrog (and the symmetric yoshida4 composition) is time-reversible: K steps, negate the
   velocities, K steps, negate again, and the start comes back to ~1e-12 (dt < 0 is rejected by
   design, so reversal goes through the velocities).
-- On every case in ../shared/cases/, leapfrog converges to the independent reference end state at
+- On every case in tests/data/cases/, leapfrog converges to the independent reference end state at
   second order and yoshida4 at fourth order; the figure-eight returns to its start.
 - With a tidal field, the energy including the field's potential is conserved in 2-D and 3-D.
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +37,9 @@ from conftest import (
     require_backend,
 )
 
-# AITS_CASES_DIR: where a machine holds them elsewhere (bench/gpu_check.sh on the GPU machine,
-# whose copy of the repository has no ../shared).
-CASES_DIR = Path(os.environ.get("AITS_CASES_DIR") or Path(__file__).resolve().parents[2] / "shared" / "cases")
-CASE_FILES = sorted(CASES_DIR.glob("*.json")) if CASES_DIR.is_dir() else []
+# Reference end states computed by an independent code (REBOUND IAS15); see data/cases/README.md.
+CASES_DIR = Path(__file__).resolve().parent / "data" / "cases"
+CASE_FILES = sorted(CASES_DIR.glob("*.json"))
 
 
 @pytest.fixture(params=("cpu", "cuda", "triton"))
@@ -176,7 +174,7 @@ def test_time_reversible(physics_backend, system, integrator):
 
 
 # ---------------------------------------------------------------------------------------------
-# the reference cases in ../shared/cases/
+# the reference cases in tests/data/cases/
 
 # First step count 2^k of the three runs (2^k, 2^(k+1), 2^(k+2) steps over t_end) per case and
 # integrator: inside the asymptotic regime (README there: ~2^11 steps for most cases, 2^14 and
