@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from _product import tiny_config
-from aitimestepper.checkpoint import REQUIRED_KEYS, load_checkpoint, restore_model, save_checkpoint
+from aitimestepper.checkpoint import FORMAT_VERSION, REQUIRED_KEYS, load_checkpoint, restore_model, save_checkpoint
 from aitimestepper.config import build_config
 from aitimestepper.errors import CheckpointError
 from aitimestepper.training import run_training
@@ -14,7 +14,7 @@ def test_keys_and_weights_only_load(tmp_path):
     result = run_training(cfg, progress=False)
     data = torch.load(result.checkpoint, weights_only=True)
     assert set(REQUIRED_KEYS) <= set(data)
-    assert data["format_version"] == 1 and data["epoch"] == 1 and data["history_len"] == 1
+    assert data["format_version"] == FORMAT_VERSION and data["epoch"] == 1 and data["history_len"] == 1
     assert data["config"]["hidden_dims"] == [8, 8] and data["architecture"]["hidden_dims"] == [8, 8]
     assert data["normalization"]["L0"] != 1.0
     assert sorted(p.name for p in (cfg.run_dir / "model").iterdir()) == ["model_epoch_0000.pt", "model_epoch_0001.pt"]

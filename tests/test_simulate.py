@@ -11,7 +11,8 @@ from aitimestepper import ops
 from aitimestepper.config import build_config
 from aitimestepper.errors import CheckpointError, ConfigError
 from aitimestepper.initial_conditions import make_systems
-from aitimestepper.simulate import adaptive_dt, results_json, run_simulation
+from aitimestepper.physics.timescale import eta_criterion
+from aitimestepper.simulate import results_json, run_simulation
 from aitimestepper.training import run_training
 
 
@@ -67,7 +68,7 @@ def test_adaptive_dt_formula():
     pos = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [3.0, 0.0]]], dtype=torch.float64)
     acc = torch.tensor([[[4.0, 0.0], [1.0, 0.0], [0.25, 0.0]]], dtype=torch.float64)
     # d = (1, 1, 2), |a| = (4, 1, 1/4): sqrt(d/|a|) = (0.5, 1, 2.83); eta * min = 0.05.
-    assert adaptive_dt(pos, acc, 0.1).item() == pytest.approx(0.05)
+    assert eta_criterion(pos, acc, 0.1).item() == pytest.approx(0.05)
 
 
 def test_ml_mode_uses_the_checkpoint(checkpoints, tmp_path):
@@ -102,7 +103,9 @@ def test_diverged_run_gives_null_and_flag(tmp_path):
     nan = torch.full_like(systems.pos, float("nan"))
     out = {"pos": nan, "vel": nan, "t": torch.ones(1, dtype=torch.float64), "steps": torch.ones(1, dtype=torch.long),
            "dt": {k: torch.ones(1, dtype=torch.float64) for k in ("dt_mean", "dt_min", "dt_max")},
-           "evaluations": 2, "wall_time_s": 0.0, "step_cap_reached": False}
+           "evaluations": torch.full((1,), 2), "wall_time_s": 0.0, "step_cap_reached": False,
+           "energy_error_max": torch.full((1,), math.inf, dtype=torch.float64),
+           "diverged": torch.ones(1, dtype=torch.bool), "stalled": torch.zeros(1, dtype=torch.bool)}
     record = results_json(cfg, systems, out)[0]
     text = json.dumps(record, allow_nan=False)
     parsed = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))

@@ -30,7 +30,9 @@ def test_non_finite_energy_counts_as_r_equal_one():
 
 
 def _constant_dt(trainer, dt):
-    """Make the network predict exactly dt (zero weights, output bias softplus^-1(dt))."""
+    """Make the network predict exactly dt (zero weights, output bias softplus^-1(dt)); for a
+    network with dt_param 'absolute'."""
+    assert not trainer.model.scale_aware
     with torch.no_grad():
         for p in trainer.model.parameters():
             p.zero_()
@@ -75,13 +77,14 @@ def test_gate_accepts_small_and_rejects_large_steps_per_orbit(tmp_path):
     # The same dt = 5e-3 passes for the wide orbit and fails for the tight one; with lr tiny and
     # the cap at 1 retrain, the tight orbit's dt is halved until it passes.
     cfg = tiny_config(tmp_path, ic_path=_two_circular_orbits(tmp_path / "ics.npy"), mass=[0.5], steps_per_epoch=1,
+                      dt_param="absolute",
                       lr=1e-12, max_retrain_steps=1, on_retrain_cap="halve")
     run = setup(cfg)
     trainer = run.trainer
     _constant_dt(trainer, 5e-3)
     with torch.no_grad():
         trainer.refresh_inputs()
-        gate = trainer.attempt(trainer.orbits.inputs, trainer.orbits.pos, trainer.orbits.vel,
+        gate = trainer.attempt(trainer.orbits.inputs, trainer.orbits.tau, trainer.orbits.pos, trainer.orbits.vel,
                                trainer.orbits.mass, trainer.orbits.energy, train=False)
     assert (gate.r < cfg.energy_threshold).tolist() == [True, False]
     result = collect(trainer, 0, run.steps_done, run.retries)
@@ -94,7 +97,7 @@ def test_gate_accepts_small_and_rejects_large_steps_per_orbit(tmp_path):
 
 
 def test_retrain_cap_stops_cleanly_with_checkpoint(tmp_path):
-    cfg = tiny_config(tmp_path, max_retrain_steps=2, lr=1e-12, epochs=3)
+    cfg = tiny_config(tmp_path, max_retrain_steps=2, lr=1e-12, epochs=3, dt_param="absolute")
     run_dir = cfg.run_dir
     import aitimestepper.training.loop as loop
 
@@ -135,8 +138,8 @@ def test_part2_batched_equals_per_sample(tmp_path):
     with torch.no_grad():
         batched = evaluate(trainer, samples)
         for i in range(n):
-            one = Samples(*(t[i:i + 1] for t in (samples.inputs, samples.pos, samples.vel, samples.mass,
-                                                  samples.energy, samples.dt)))
+            one = Samples(*(t[i:i + 1] for t in (samples.inputs, samples.tau, samples.pos, samples.vel,
+                                                  samples.mass, samples.energy, samples.dt)))
             single = evaluate(trainer, one)
             torch.testing.assert_close(single.dt, batched.dt[i:i + 1], rtol=1e-12, atol=0)
             torch.testing.assert_close(single.r, batched.r[i:i + 1], rtol=1e-9, atol=1e-18)

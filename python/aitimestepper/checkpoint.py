@@ -20,7 +20,7 @@ from .errors import CheckpointError
 from .features import Featurizer, Scales
 from .model import FullyConnectedNN
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the dt parametrization (dt_param, eta_init) in the architecture
 REQUIRED_KEYS = ("format_version", "epoch", "model_state_dict", "optimizer_state_dict", "config", "history_len",
                  "feature_type", "dtype", "architecture", "normalization", "training_ics", "rng", "metrics")
 
@@ -34,6 +34,12 @@ def latest_checkpoint(run_dir: str | Path) -> Path:
     if not candidates:
         raise CheckpointError(f"no checkpoint found under {Path(run_dir) / 'model'}")
     return candidates[-1]
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file as given, or a run folder's latest checkpoint."""
+    path = Path(path)
+    return latest_checkpoint(path) if path.is_dir() else path
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
@@ -95,5 +101,5 @@ def restore_model(data: dict[str, Any], device: str | torch.device) -> tuple[Ful
     model.load_state_dict(data["model_state_dict"])
     model.to(device=device, dtype=getattr(torch, data["dtype"])).eval()
     featurizer = Featurizer(data["feature_type"], data["history_len"], Scales(**data["normalization"]),
-                            data["config"]["softening"])
+                            data["config"]["softening"], data["config"]["G"])
     return model, featurizer

@@ -1,4 +1,4 @@
-"""The `aitimestepper` command: train, simulate, both, bench, info.
+"""The `aitimestepper` command: train, simulate, both, evaluate, bench, info.
 
 Flags are generated from the Config table (config.py) with argparse, which accepts both
 `--flag value` and `--flag=value`; every flag defaults to "not given", so only flags on the
@@ -22,7 +22,7 @@ from .errors import AITimeStepperError, ConfigError, TrainingStopped
 
 EXIT_USAGE = 2
 EXIT_STOPPED = 3
-COMMANDS = ("train", "simulate", "both", "bench", "info")
+COMMANDS = ("train", "simulate", "both", "evaluate", "bench", "info")
 
 
 def settings_parser() -> argparse.ArgumentParser:
@@ -52,11 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aitimestepper", allow_abbrev=False,
         description="Learned adaptive time steps for gravitational N-body simulation.")
-    sub = parser.add_subparsers(dest="command", metavar="{train,simulate,both,bench,info}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,simulate,both,evaluate,bench,info}")
     parent = settings_parser()
     sub.add_parser("train", parents=[parent], help="two-phase training", allow_abbrev=False)
     sub.add_parser("simulate", parents=[parent], help="integrate systems and print JSON", allow_abbrev=False)
     sub.add_parser("both", parents=[parent], help="train, then simulate with the last checkpoint", allow_abbrev=False)
+    sub.add_parser("evaluate", parents=[parent], allow_abbrev=False,
+                   help="a model's learned dt against fixed and classical steps at equal force evaluations")
     sub.add_parser("bench", help="kernel benchmarks (arguments go to aitimestepper.bench.kernels)", add_help=False)
     sub.add_parser("info", help="print the build information as JSON")
     return parser
@@ -84,7 +86,8 @@ def split_config(argv: Sequence[str]) -> tuple[list[str], Optional[str]]:
 
 
 def configs_for(command: str, argv: Sequence[str]) -> tuple[Optional[Config], Optional[Config]]:
-    """(training config, simulation config) for a command line."""
+    """(training config, simulation config) for a command line (evaluate's is its simulation
+    config, read from the [evaluate] table)."""
     rest, config_path = split_config(argv)
     namespace = vars(build_parser().parse_args(rest))
     namespace.pop("command", None)
@@ -92,6 +95,8 @@ def configs_for(command: str, argv: Sequence[str]) -> tuple[Optional[Config], Op
     source = config_path or "config file"
     train = build_config("train", tables, namespace, source) if command in ("train", "both") else None
     simulate = build_config("simulate", tables, namespace, source) if command in ("simulate", "both") else None
+    if command == "evaluate":
+        simulate = build_config("evaluate", tables, namespace, source)
     return train, simulate
 
 
@@ -154,6 +159,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from .simulate import run_simulation
 
             run_simulation(sim_cfg)
+        elif command == "evaluate":
+            from .evaluate import evaluate
+
+            evaluate(sim_cfg)
         else:
             run_both(train_cfg, sim_cfg)
     except TrainingStopped as stop:

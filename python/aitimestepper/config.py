@@ -20,8 +20,8 @@ from typing import Any, Optional
 
 from .errors import ConfigError
 
-PHASES = ("train", "simulate")
-FEATURE_TYPES = ("basic", "rich", "delta_mag")
+PHASES = ("train", "simulate", "evaluate")
+FEATURE_TYPES = ("scaled", "basic", "rich", "delta_mag")
 ACTIVATIONS = ("tanh", "relu", "sigmoid", "silu")
 INTEGRATOR_MODES = ("analytic", "ml", "history", "adaptive")
 DTYPES = ("float32", "float64")
@@ -71,7 +71,8 @@ class Config:
     save_name: str = _opt("run", ("--save-name", "-s"), "run name: outputs go to <output-dir>/<save-name>/")
     # --- features and model ---
     history_len: int = _opt(0, ("--history-len",), "history states K fed to the network")
-    feature_type: str = _opt("basic", ("--feature-type",), "feature set", choices=FEATURE_TYPES)
+    feature_type: str = _opt("scaled", ("--feature-type",), "feature set (scaled: dimensionless, in the state's "
+                             "own units)", choices=FEATURE_TYPES)
     normalize_inputs: bool = _opt(False, ("--normalize-inputs",), "scale features by L0, V0, A0, T0")
     norm_mode: str = _opt("auto", ("--norm-mode",), "auto: scales from the training ICs; manual: --norm-*",
                           choices=("auto", "manual"))
@@ -84,7 +85,11 @@ class Config:
     dropout: float = _opt(0.2, ("--dropout",), "dropout after each hidden layer (training only)")
     fourier_scale: float = _opt(0.0, ("--fourier-scale",), "Gaussian Fourier embedding scale (0: off)")
     fourier_dim: int = _opt(64, ("--fourier-dim",), "Fourier embedding width (even)")
-    dt_min: float = _opt(1e-12, ("--dt-min",), "floor added to the predicted dt")
+    dt_param: str = _opt("scale-aware", ("--dt-param",), "scale-aware: dt = tau * (learned factor), tau the "
+                         "state's dynamical time; absolute: dt = softplus(output) + dt_min",
+                         choices=("scale-aware", "absolute"))
+    eta_init: float = _opt(0.02, ("--eta-init",), "scale-aware: a fresh network predicts dt = eta_init * tau")
+    dt_min: float = _opt(1e-12, ("--dt-min",), "absolute: floor added to the predicted dt")
     dt_max: Optional[float] = _opt(None, ("--dt-max",), "cap on the predicted dt")
     # --- training ---
     epochs: int = _opt(1000, ("--epochs", "-n"), "epochs (Part 1 + Part 2 each)")
@@ -102,6 +107,11 @@ class Config:
     replay_steps: int = _opt(100, ("--replay-steps",), "Part 2 iterations at most per epoch")
     replay_batch_size: int = _opt(512, ("--replay-batch-size",), "Part 2 minibatch size")
     min_replay_size: int = _opt(10, ("--min-replay-size",), "skip Part 2 below this trajectory length")
+    train_on: str = _opt("all", ("--train-on",), "which judged samples the band loss trains on: all (those "
+                         "below E_lower push dt up) or failing (the earlier project's rule)",
+                         choices=("all", "failing"))
+    replay_tolerance: float = _opt(1e-2, ("--replay-tolerance",), "Part 2 converges when every sample passes "
+                                   "the gate and the minibatch's mean band loss is at most this")
     E_lower: float = _opt(1e-6, ("--E_lower",), "lower edge of the band loss on |dE/E0|")
     E_upper: float = _opt(1e-4, ("--E_upper",), "upper edge of the band loss on |dE/E0|")
     checkpoint_every: int = _opt(10, ("--checkpoint-every",), "epochs between checkpoints")
@@ -114,6 +124,12 @@ class Config:
     model_path: Optional[str] = _opt(None, ("--model-path",), "checkpoint for ml/history modes")
     dt: float = _opt(1e-3, ("--dt",), "fixed step of the analytic mode")
     eta: float = _opt(0.02, ("--eta",), "adaptive mode: dt = eta * min_i sqrt(d_i / |a_i|)")
+    step_rule: str = _opt("auto", ("--step-rule",), "how a state-dependent dt f(s) is applied: symmetric "
+                          "(time-reversible: 1/h_(n+1/2) + 1/h_(n-1/2) = 2/f(s_n)), plain (h = f(s_n)), or "
+                          "auto (symmetric for the learned modes, plain for adaptive)",
+                          choices=("auto", "symmetric", "plain"))
+    energy_error_bound: float = _opt(0.1, ("--energy-error-bound",), "a system whose |dE/E0| passes this is "
+                                     "reported diverged and stops")
     steps: int = _opt(1000, ("--steps",), "steps to simulate (unless --duration or --Nperiod)")
     Nperiod: Optional[float] = _opt(None, ("--Nperiod",), "simulate this many two-body periods")
     step_cap: int = _opt(10_000_000, ("--step-cap",), "hard limit on simulated steps")
@@ -248,11 +264,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"mass needs 1 or num_particles = {cfg.num_particles} values, got {len(cfg.mass)}")
     if any(not (m > 0 and math.isfinite(m)) for m in cfg.mass):
         raise ConfigError(f"masses must be > 0, got {cfg.mass}")
-    _positive(cfg, "epochs", "lr", "n_steps", "energy_threshold", "steps_per_epoch", "replay_batch_size",
+    _positive(cfg, "epochs", "lr", "n_steps", "energy_threshold", "eta_init", "energy_error_bound", "steps_per_epoch", "replay_batch_size",
               "E_lower", "E_upper", "checkpoint_every", "num_orbits", "G", "dt", "eta", "steps",
               "step_cap", "duration", "Nperiod", "a_min", "a_max", "dt_min", "dt_max", "movie_max_frames",
               "movie_fps", "movie_dpi", "norm_L0", "norm_V0", "norm_A0", "norm_T0")
-    _non_negative(cfg, "weight_decay", "max_retrain_steps", "replay_steps", "min_replay_size",
+    _non_negative(cfg, "replay_tolerance", "weight_decay", "max_retrain_steps", "replay_steps", "min_replay_size",
                   "history_len", "softening", "pos_scale", "vel_scale", "fourier_scale", "external_field_mass")
     if not 0.0 <= cfg.dropout < 1.0:
         raise ConfigError(f"dropout must be in [0, 1), got {cfg.dropout}")
@@ -262,6 +278,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"need a_min <= a_max, got a_min = {cfg.a_min}, a_max = {cfg.a_max}")
     if cfg.E_lower >= cfg.E_upper:
         raise ConfigError(f"need E_lower < E_upper, got {cfg.E_lower} and {cfg.E_upper}")
+    if cfg.energy_threshold < cfg.E_upper:
+        raise ConfigError(
+            f"energy_threshold {cfg.energy_threshold:g} lies below E_upper {cfg.E_upper:g}: a step with |dE/E0| "
+            f"between them fails the gate at zero band loss, so retraining cannot move it; set E_upper to at "
+            f"most the threshold (e.g. --E_upper {cfg.energy_threshold:g} --E_lower "
+            f"{min(cfg.E_lower, cfg.energy_threshold / 100):g}) or raise --energy-threshold")
     if not cfg.hidden_dims or any(w < 1 for w in cfg.hidden_dims):
         raise ConfigError(f"hidden_dims must be positive widths, got {cfg.hidden_dims}")
     if cfg.fourier_scale > 0 and (cfg.fourier_dim < 2 or cfg.fourier_dim % 2):
@@ -296,7 +318,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
             raw = tomllib.load(handle)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {error}") from None
-    tables: dict[str, dict[str, Any]] = {"": {}, "train": {}, "simulate": {}}
+    tables: dict[str, dict[str, Any]] = {"": {}, **{phase: {} for phase in PHASES}}
     for key, value in raw.items():
         if key in PHASES:
             if not isinstance(value, dict):
@@ -304,7 +326,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
             for sub_key, sub_value in value.items():
                 tables[key][_checked_key(sub_key, f"{path} [{key}]")] = sub_value
         elif isinstance(value, dict):
-            raise ConfigError(f"{path}: unknown table [{key}]; only [train] and [simulate] exist")
+            raise ConfigError(f"{path}: unknown table [{key}]; only [train], [simulate] and [evaluate] exist")
         else:
             tables[""][_checked_key(key, str(path))] = value
     return tables

@@ -22,9 +22,10 @@ from typing import Optional, Sequence
 import torch
 
 from .ops.backends import _core
+from .physics.timescale import dynamical_time
 from .ops.custom import _is_plain_eager
 
-STATE_FEATURES = {"basic": 11, "rich": 23}
+STATE_FEATURES = {"scaled": 13, "basic": 11, "rich": 23}
 TRANSITION_FEATURES = 10
 
 
@@ -160,16 +161,18 @@ def _compiled_applies(pos, vel, mass, acc) -> bool:
 class Featurizer:
     """Builds the network input from the current state and a History (training == simulation)."""
 
-    def __init__(self, feature_type: str, history_len: int, scales: Scales, softening: float = 0.0) -> None:
+    def __init__(self, feature_type: str, history_len: int, scales: Scales, softening: float = 0.0,
+                 G: float = 1.0) -> None:
         if feature_type == "delta_mag" and history_len == 0:
             warnings.warn("feature_type 'delta_mag' needs history_len >= 1; using 'basic' features", stacklevel=2)
             feature_type = "basic"
-        if feature_type not in ("basic", "rich", "delta_mag"):
+        if feature_type not in ("scaled", "basic", "rich", "delta_mag"):
             raise ValueError(f"unknown feature_type {feature_type!r}")
         self.feature_type = feature_type
         self.K = history_len
         self.scales = scales
         self.softening = softening
+        self.G = G
         self._cache: dict[tuple, dict[str, torch.Tensor]] = {}
 
     @property
@@ -209,10 +212,13 @@ class Featurizer:
         return self._cache[key]
 
     def state_block(self, pos: torch.Tensor, vel: torch.Tensor, mass: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
-        """Features of each state alone: [B, N, D] (mass [B, N]) -> [B, 11] basic or [B, 23] rich.
+        """Features of each state alone: [B, N, D] (mass [B, N]) -> [B, 13] scaled, [B, 11] basic
+        or [B, 23] rich.
 
         The compiled kernel where it applies (CPU, float32/64, no gradient wanted, plain eager
         tensors of these shapes), else state_block_reference."""
+        if self.feature_type == "scaled":
+            return self.scaled_block(pos, vel, mass, acc)
         if _compiled_applies(pos, vel, mass, acc):
             return self._state_block_compiled(pos, vel, mass, acc)
         return self.state_block_reference(pos, vel, mass, acc)
@@ -248,6 +254,41 @@ class Featurizer:
         stats = torch.stack([q @ c["mean_bodies"], q.amax(-1)], -1)  # [B, 3, 2]: mean, max
         row = torch.cat([head, total, stats.flatten(1), d.amin(-1, keepdim=True), torch.mm(d, c["mean_pairs"])], -1)
         return row * c["inverse_scales"]
+
+    def scaled_block(self, pos: torch.Tensor, vel: torch.Tensor, mass: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
+        """`scaled`: 13 dimensionless features in the state's own units, so that rescaling lengths,
+        masses and G leaves them unchanged (and a step dt = tau * g(features) scales as the physics
+        does). Units: M the total mass, l the mean pair distance, T = sqrt(l^3 / (G M)), V = l / T,
+        A = l / T^2. Columns: min and max m_i / M; min and max d_ij / l; mean and max r_i / l;
+        mean and max s_i / V; mean and max alpha_i / A; tau / T (physics.timescale); the virial
+        ratio K / |U| (U softened, without the external field; on a Kepler orbit it is
+        1 - d / 2a, the orbit's phase); softening / l."""
+        B, N, D = pos.shape
+        c = self._constants(pos, N, D)
+        total = torch.mm(mass, c["ones"])  # [B, 1]
+        both = torch.cat([pos, vel], -1)
+        centred = both - torch.bmm((mass / total).unsqueeze(1), both)
+        speed2 = centred[..., D:].square().sum(-1)  # [B, N]
+        q = torch.linalg.vector_norm(torch.stack([centred[..., :D], centred[..., D:], acc], 1), dim=-1)  # [B, 3, N]
+        d = torch.linalg.vector_norm(pos.index_select(1, c["first"]) - pos.index_select(1, c["second"]), dim=-1)
+        length = torch.mm(d, c["mean_pairs"])  # [B, 1]
+        GM = self.G * total
+        velocity = torch.sqrt(GM / length)
+        time = length / velocity
+        units = torch.cat([length, velocity, GM / length.square()], -1).unsqueeze(-1)  # [B, 3, 1]
+        q = q / units
+        fraction = mass / total
+        kinetic = 0.5 * (mass * speed2).sum(-1, keepdim=True)
+        pair_mass = mass.index_select(1, c["first"]) * mass.index_select(1, c["second"])
+        potential = self.G * (pair_mass / torch.sqrt(d.square() + self.softening ** 2)).sum(-1, keepdim=True)
+        return torch.cat([
+            fraction.amin(-1, keepdim=True), fraction.amax(-1, keepdim=True),
+            d.amin(-1, keepdim=True) / length, d.amax(-1, keepdim=True) / length,
+            torch.stack([q @ c["mean_bodies"], q.amax(-1)], -1).flatten(1),
+            dynamical_time(pos, acc).unsqueeze(-1) / time,
+            kinetic / potential,
+            self.softening / length,
+        ], -1)
 
     def _transition_scales(self, like: torch.Tensor) -> torch.Tensor:
         """[3, 1]: 1/L0, 1/V0, 1/A0 for the |dx|, |dv|, |da| rows of a transition."""
@@ -288,7 +329,7 @@ class Featurizer:
         """`inputs(history)` of state buffers that the caller advances in place (the simulation
         loop): the same values as `self.inputs(history, pos, vel, mass, acc)`, with the compiled
         kernel's applicability checked once, here, instead of at every call."""
-        if self.feature_type == "delta_mag" or not _compiled_applies(pos, vel, mass, acc) \
+        if self.feature_type in ("delta_mag", "scaled") or not _compiled_applies(pos, vel, mass, acc) \
                 or not all(t.is_contiguous() for t in (pos, vel, mass, acc)):
             return lambda history: self.inputs(history, pos, vel, mass, acc)
         return _BoundStateBlock(self, pos, vel, mass, acc)

@@ -7,6 +7,7 @@ so the error comes before anything runs or is written.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,11 +75,29 @@ def kepler_orbits(num_systems: int, dim: int, mass: float, e_range: tuple[float,
     return Systems(pos, vel, masses, periods)
 
 
+def load_case(path: Path, dim: int) -> Systems:
+    """One system from a reference-case JSON file (keys masses [N], pos and vel [N][D], t_end;
+    the format of tests/data/cases): its period is taken to be t_end, so --Nperiod counts t_end."""
+    try:
+        case = json.loads(path.read_text())
+        masses, pos, vel = (torch.tensor(case[key], dtype=torch.float64) for key in ("masses", "pos", "vel"))
+        t_end = float(case["t_end"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise InputError(f"cannot read the case file {str(path)!r} (needs masses, pos, vel, t_end): {error}") from None
+    if pos.dim() != 2 or pos.shape != vel.shape or masses.shape != pos.shape[:1] or pos.shape[1] != dim:
+        raise InputError(f"{path}: expected masses [N] and pos, vel [N][{dim}] for dim = {dim}, got masses "
+                         f"{list(masses.shape)}, pos {list(pos.shape)}, vel {list(vel.shape)}")
+    return Systems(pos[None], vel[None], masses[None], torch.tensor([t_end], dtype=torch.float64))
+
+
 def load_systems(path: str | Path, dim: int) -> Systems:
-    """Rows [m, x_1..x_D, v_1..v_D]: shape (N, 1+2D) or (B, N, 1+2D), from .npy or text."""
+    """Rows [m, x_1..x_D, v_1..v_D]: shape (N, 1+2D) or (B, N, 1+2D), from .npy or text; or one
+    reference case from a .json file (load_case)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"initial-condition file {str(path)!r} does not exist")
+    if path.suffix == ".json":
+        return load_case(path, dim)
     try:
         data = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, ndmin=2)
     except Exception as error:  # numpy raises several types for unreadable files

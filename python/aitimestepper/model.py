@@ -1,9 +1,15 @@
-"""The network that maps a feature vector to a time step (SPEC.md section 5).
+"""The network that maps a feature vector to a time step.
 
 `FullyConnectedNN`: optional frozen Gaussian Fourier embedding, then Linear -> activation ->
-Dropout per hidden width, then Linear -> 2 outputs -> Softplus. Output 0 is the step:
-dt = softplus(o0) + dt_min, capped at dt_max when set; output 1 is an auxiliary head. The
-architecture is plain data (`architecture()`), saved in checkpoints and rebuilt from them.
+Dropout per hidden width, then Linear -> 2 outputs -> Softplus. Output 0 becomes the step in one
+of two ways (`dt_param`):
+- `scale-aware` (the default): dt = tau * eta_init * softplus(o0) / ln 2, tau the state's local
+  dynamical time (physics/timescale.py). Output 0's row of the last layer starts at zero, so a
+  fresh network predicts the classical step eta_init * tau for every state, and what it learns is
+  a dimensionless correction to it: the system's own time scale never has to be learned.
+- `absolute` (the earlier project's): dt = softplus(o0) + dt_min, in the system's time units.
+Either way dt is capped at dt_max when set. Output 1 is an auxiliary head. The architecture is
+plain data (`architecture()`), saved in checkpoints and rebuilt from them.
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import torch
 from torch import nn
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "silu": nn.SiLU}
+DT_PARAMS = ("scale-aware", "absolute")
 
 
 class FourierEmbedding(nn.Module):
@@ -32,17 +39,25 @@ class FourierEmbedding(nn.Module):
 class FullyConnectedNN(nn.Module):
     def __init__(self, input_dim: int, hidden_dims: Sequence[int] = (200, 1000, 1000, 200), activation: str = "tanh",
                  dropout: float = 0.2, fourier_scale: float = 0.0, fourier_dim: int = 64, dt_min: float = 1e-12,
-                 dt_max: Optional[float] = None, output_dim: int = 2) -> None:
+                 dt_max: Optional[float] = None, output_dim: int = 2, dt_param: str = "scale-aware",
+                 eta_init: float = 0.02) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+        if dt_param not in DT_PARAMS:
+            raise ValueError(f"unknown dt_param {dt_param!r}; choose one of {list(DT_PARAMS)}")
         self._architecture = {
             "input_dim": int(input_dim), "hidden_dims": [int(w) for w in hidden_dims], "activation": activation,
             "dropout": float(dropout), "fourier_scale": float(fourier_scale), "fourier_dim": int(fourier_dim),
             "dt_min": float(dt_min), "dt_max": None if dt_max is None else float(dt_max), "output_dim": int(output_dim),
+            "dt_param": dt_param, "eta_init": float(eta_init),
         }
         self.dt_min = float(dt_min)
         self.dt_max = dt_max
+        self.scale_aware = dt_param == "scale-aware"
+        # softplus(0) = ln 2: the factor that makes a zero output mean "eta_init".
+        self.eta_init = float(eta_init)
+        self._factor = float(eta_init) / math.log(2.0)
         self.embedding = FourierEmbedding(input_dim, fourier_dim, fourier_scale) if fourier_scale > 0 else None
         width = fourier_dim if self.embedding is not None else input_dim
         layers: list[nn.Module] = []
@@ -51,7 +66,12 @@ class FullyConnectedNN(nn.Module):
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             width = hidden
-        layers += [nn.Linear(width, output_dim), nn.Softplus()]
+        last = nn.Linear(width, output_dim)
+        if self.scale_aware:
+            with torch.no_grad():  # a fresh network is the classical criterion at eta_init
+                last.weight[0].zero_()
+                last.bias[0] = 0.0
+        layers += [last, nn.Softplus()]
         self.net = nn.Sequential(*layers)
 
     def architecture(self) -> dict[str, Any]:
@@ -67,12 +87,16 @@ class FullyConnectedNN(nn.Module):
             x = self.embedding(x)
         return self.net(x)
 
-    def dt(self, x: torch.Tensor) -> torch.Tensor:
-        """The predicted step per row, [B]."""
-        return self.dt_from_output(self(x))
+    def dt(self, x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        """The predicted step per row, [B], from inputs [B, F] and the states' dynamical times [B]
+        (unused by the absolute parametrization)."""
+        return self.dt_from_output(self(x), tau)
 
-    def dt_from_output(self, out: torch.Tensor) -> torch.Tensor:
-        dt = out[..., 0] + self.dt_min
+    def dt_from_output(self, out: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        if self.scale_aware:
+            dt = tau * (out[..., 0] * self._factor)
+        else:
+            dt = out[..., 0] + self.dt_min
         if self.dt_max is not None:
             dt = dt.clamp(max=self.dt_max)
         return dt
@@ -81,7 +105,7 @@ class FullyConnectedNN(nn.Module):
 def build_model(cfg, input_dim: int) -> FullyConnectedNN:
     """The configured network on cfg's device and dtype; weights drawn from the global torch RNG."""
     model = FullyConnectedNN(input_dim, cfg.hidden_dims, cfg.activation, cfg.dropout, cfg.fourier_scale,
-                             cfg.fourier_dim, cfg.dt_min, cfg.dt_max)
+                             cfg.fourier_dim, cfg.dt_min, cfg.dt_max, dt_param=cfg.dt_param, eta_init=cfg.eta_init)
     return model.to(device=cfg.device, dtype=getattr(torch, cfg.dtype))
 
 

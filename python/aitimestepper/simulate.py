@@ -1,8 +1,11 @@
 """Simulation: integrate a batch of systems with a fixed, learned or classical adaptive dt.
 
 Modes (--integrator-mode): `analytic` (fixed --dt), `ml` (dt from the network on the current
-state), `history` (the network with history features), `adaptive` (dt = eta * min_i sqrt(d_i /
-|a_i|), d_i the distance from body i to its nearest neighbour, a_i its acceleration).
+state), `history` (the network with history features; its window is filled by the first K
+steps, taken with the classical step, before the network takes over), `adaptive` (the classical
+criterion dt = eta * tau, tau = min_i sqrt(d_i / |a_i|), d_i the distance from body i to its
+nearest neighbour, a_i its acceleration). A state-dependent step is applied plainly or through
+the time-reversible recurrence of `SymmetricSteps` (--step-rule; symmetric for the learned modes).
 
 The loop carries the acceleration from the end of one step to the start of the next, so a
 leapfrog step costs one force evaluation however dt changes between steps (ops.step, called
@@ -10,14 +13,15 @@ per step, would recompute it at the start of every call), and the learned modes 
 features off the same acceleration. Its state lives in buffers advanced in place by
 ops.bind_carried_step (one compiled call per step on the cpu backend), and the features of the
 state are one compiled call too (features.py): at batch 1 every torch call costs microseconds,
-and a step is then little more than the network's forward. A fixed-dt run without recording
-goes through ops.step in chunks instead: the fused kernel does many steps per call. Every loop
-stops at --step-cap.
+and a step is then little more than the network's forward. Every loop stops at --step-cap, and the energy error is measured after every step (the
+largest is reported as energy_error_max: a run can end near its starting energy after passing
+through far larger errors).
 
 The network's architecture, features, history length, normalization and dtype come from the
 checkpoint, as do the system settings it was trained on (N, D, masses, G, softening, field,
 integrator) unless given explicitly. Each system's result is one strict-JSON object; a system
-whose state or energy became non-finite reports null there and "diverged": true.
+whose energy error passed --energy-error-bound or whose state became non-finite reports
+"diverged": true (non-finite values as null), one whose step stopped moving time "stalled": true.
 """
 from __future__ import annotations
 
@@ -33,17 +37,18 @@ from typing import Any, Optional, TextIO
 import torch
 
 from . import ops
-from .checkpoint import check_system, load_checkpoint, restore_model
+from .checkpoint import check_system, load_checkpoint, resolve_checkpoint, restore_model
 from .config import Config, config_from_dict
 from .errors import ConfigError
 from .initial_conditions import Systems, kepler_period, make_systems
 from .physics.integrators import substep_weights
+from .physics.timescale import dynamical_time
 
 # System settings a checkpoint supplies unless the user gives them explicitly.
 INHERITED_FROM_CHECKPOINT = ("num_particles", "dim", "mass", "G", "softening", "integrator", "external_field_mass",
                              "external_field_position", "dtype", "ic", "e_min", "e_max", "a_min", "a_max",
                              "pos_scale", "vel_scale")
-CHUNK = 1024  # steps per ops.step call on the fixed-dt fast path, and per dt-statistics flush
+CHUNK = 1024  # steps per dt-statistics flush
 CHECK_EVERY = 16  # steps between host checks of "all systems finished" in time-limited runs
 
 
@@ -78,12 +83,30 @@ def _norm_of(value: torch.Tensor) -> torch.Tensor:
     return value.abs() if value.dim() == 1 else value.norm(dim=-1)
 
 
-def adaptive_dt(pos: torch.Tensor, acc: torch.Tensor, eta: float) -> torch.Tensor:
-    """dt = eta * min_i sqrt(d_i / |a_i|), d_i the nearest-neighbour distance of body i, [B]."""
-    distance = torch.cdist(pos, pos)
-    distance.diagonal(dim1=-2, dim2=-1).fill_(float("inf"))
-    nearest = distance.amin(-1)
-    return eta * torch.sqrt(nearest / acc.norm(dim=-1).clamp_min(torch.finfo(pos.dtype).tiny)).amin(-1)
+class SymmetricSteps:
+    """Applies a state-dependent step function f(s) time-reversibly, at no extra cost.
+
+    The step from s_n is h_(n+1/2) with 1/h_(n+1/2) + 1/h_(n-1/2) = 2/f(s_n) (the explicit
+    reversible step-size recurrence of adaptive Verlet integrators): the relation is symmetric
+    under exchanging the steps before and after s_n, and a kick-drift-kick step run backwards
+    retraces itself, so the run reversed (velocities flipped) takes the same steps in the
+    opposite order. That removes the secular energy drift a plain h = f(s_n) step has, while h
+    follows f to first order in its change from step to step. The first step is f(s_0); each h
+    is kept within [f/2, 2f] so that a sudden drop of f cannot make the recurrence overshoot.
+    """
+
+    def __init__(self) -> None:
+        self.previous: Optional[torch.Tensor] = None
+
+    def __call__(self, f: torch.Tensor) -> torch.Tensor:
+        if self.previous is None:
+            h = f
+        else:
+            inverse = 2 / f - 1 / self.previous
+            h = torch.where(inverse > 0, 1 / inverse, torch.full_like(f, math.inf))
+            h = torch.minimum(torch.maximum(h, 0.5 * f), 2 * f)
+        self.previous = h
+        return h
 
 
 class Simulator:
@@ -92,6 +115,7 @@ class Simulator:
     def __init__(self, cfg: Config, checkpoint: Optional[dict[str, Any]] = None) -> None:
         self.cfg = cfg
         self.model = self.featurizer = None
+        self.warmup_eta = cfg.eta
         if cfg.integrator_mode in ("ml", "history"):
             self.model, self.featurizer = restore_model(checkpoint, cfg.device)
             self.model.to(dtype=getattr(torch, cfg.dtype))
@@ -103,8 +127,14 @@ class Simulator:
             if cfg.integrator_mode == "ml" and uses_history:
                 raise ConfigError(f"this checkpoint uses {self.featurizer.K} history states; use "
                                   "--integrator-mode history")
+            if self.model.scale_aware:  # training filled its windows with this step too
+                self.warmup_eta = self.model.eta_init
         self.physics = cfg.physics_kwargs()
         self.weights = substep_weights(cfg.integrator)
+        rule = cfg.step_rule
+        if rule == "auto":
+            rule = "symmetric" if cfg.integrator_mode in ("ml", "history") else "plain"
+        self.step_rule = rule if cfg.integrator_mode != "analytic" else "plain"
 
     # ------------------------------------------------------------------
     def run(self, systems: Systems, t_end: Optional[torch.Tensor], recording: Optional[Recording]) -> dict[str, Any]:
@@ -118,6 +148,12 @@ class Simulator:
         return {key: value.clone() if isinstance(value, torch.Tensor) else value for key, value in out.items()}
 
     def _run(self, systems: Systems, t_end: Optional[torch.Tensor], recording: Optional[Recording]) -> dict[str, Any]:
+        """The stepping loop. Every step: f from the dt policy, h from the step rule, the step cut
+        at the end time, one carried step (one force evaluation per substep), the energy error.
+        A system stops moving (dt = 0 from then on) when it reaches its end time, when its energy
+        error passes --energy-error-bound or turns non-finite (diverged), or when its step can no
+        longer advance its time in the working precision (stalled). The host looks at the flags
+        every CHECK_EVERY steps, so there is no per-step sync."""
         cfg = self.cfg
         B = systems.pos.shape[0]
         # The state lives in buffers the loop owns and advances in place (contiguous copies).
@@ -126,72 +162,72 @@ class Simulator:
         mass = systems.mass
         started = time.perf_counter()
         acc = ops.acceleration(pos, mass, **self.physics).contiguous()
-        evaluations = 1
-        steps = torch.zeros(B, dtype=torch.long, device=pos.device)
-        t = torch.zeros_like(systems.mass[:, 0])
+        energy0 = ops.total_energy(pos, vel, mass, **self.physics)
+        t = torch.zeros_like(mass[:, 0])
+        error_max = torch.zeros_like(t)
+        diverged = torch.zeros(B, dtype=torch.bool, device=pos.device)
+        stalled = torch.zeros_like(diverged)
         stats = _DtStats(B, pos.dtype, pos.device)
         history = None
+        warmup_steps = 0
         if self.featurizer is not None and self.featurizer.K:
             history = self.featurizer.new_history(B, *pos.shape[1:], pos.dtype, pos.device)
+            warmup_steps = self.featurizer.K  # the window is filled from real states first
+        rule = SymmetricSteps() if self.step_rule == "symmetric" else None
         limit = min(cfg.steps if t_end is None else cfg.step_cap, cfg.step_cap)
         taken = 0
-        if cfg.integrator_mode == "analytic" and t_end is None and recording is None:
-            pos, vel, evaluations = self._fixed_steps(pos, vel, mass, stats, limit)
-            taken = limit
-        else:
-            track_time = t_end is not None or recording is not None  # else t is the sum of the dt log
-            # Checked once here, then one call per step (one compiled call on the cpu backend).
-            advance = ops.bind_carried_step(pos, vel, acc, mass, integrator=cfg.integrator, **self.physics)
-            features = self.featurizer.bind(pos, vel, mass, acc) if self.featurizer is not None else None
-            while taken < limit:
-                dt = self._dt(pos, mass, acc, features, history)
+        # Checked once here, then one call per step (one compiled call on the cpu backend).
+        advance = ops.bind_carried_step(pos, vel, acc, mass, integrator=cfg.integrator, **self.physics)
+        features = self.featurizer.bind(pos, vel, mass, acc) if self.featurizer is not None else None
+        while taken < limit:
+            f = self._dt(pos, mass, acc, features, history, warming=taken < warmup_steps)
+            h = rule(f) if rule is not None else f
+            dt = h if t_end is None else torch.minimum(h, (t_end - t).clamp_min(0))
+            dt = torch.where(diverged | stalled, 0.0, dt)
+            dt = stats.log(dt, shortened=dt < h)  # non-finite dt (a diverged system) becomes 0: it stops
+            if history is not None:
+                history.push(None, self._block, pos, vel, acc, dt)
+            advance(dt)  # pos, vel, acc in place
+            t_next = t + dt
+            unfinished = ~(diverged | stalled) if t_end is None else ~(diverged | stalled) & (t < t_end)
+            stalled |= unfinished & ((t_next == t) | ~(h > 0))  # a step that no longer moves time
+            t = t_next
+            error = ((ops.total_energy(pos, vel, mass, **self.physics) - energy0) / energy0).abs()
+            error = torch.nan_to_num(error, nan=math.inf)
+            error_max = torch.maximum(error_max, error)
+            diverged |= error_max > cfg.energy_error_bound
+            taken += 1
+            if recording is not None and taken % recording.stride == 0:
+                self._record(recording, t, pos, vel, mass, dt)
+            if taken % CHECK_EVERY == 0:
+                moving = ~(diverged | stalled)
                 if t_end is not None:
-                    dt = torch.minimum(dt, (t_end - t).clamp_min(0))
-                dt = stats.log(dt)  # non-finite dt (a diverged system) becomes 0: that system stops
-                if history is not None:
-                    history.push(None, self._block, pos, vel, acc, dt)
-                advance(dt)  # pos, vel, acc in place
-                if track_time:
-                    t = t + dt
-                taken += 1
-                evaluations += len(self.weights)
-                if recording is not None and taken % recording.stride == 0:
-                    self._record(recording, t, pos, vel, mass, dt)
-                if t_end is not None and taken % CHECK_EVERY == 0 and not bool((t < t_end).any()):
+                    moving &= t < t_end
+                if not bool(moving.any()):
                     break
         dt_summary = stats.finish()
-        steps += stats.steps
-        if t_end is None and recording is None:
-            t = t + stats.total
         if t_end is None:
             cap_reached = cfg.steps > cfg.step_cap
         else:
             cap_reached = taken >= cfg.step_cap and bool((t < t_end).any())
         wall = time.perf_counter() - started
-        return {"pos": pos, "vel": vel, "t": t, "steps": steps, "dt": dt_summary, "evaluations": evaluations,
-                "wall_time_s": wall, "step_cap_reached": cap_reached}
+        return {"pos": pos, "vel": vel, "t": t, "steps": stats.steps, "dt": dt_summary,
+                "evaluations": 1 + len(self.weights) * stats.steps, "energy_error_max": error_max,
+                "diverged": diverged, "stalled": stalled, "wall_time_s": wall, "step_cap_reached": cap_reached}
 
-    def _fixed_steps(self, pos, vel, mass, stats, total: int):
-        """The analytic mode's fast path: ops.step in chunks of fixed dt (S + 1 evaluations per chunk)."""
-        evaluations, done = 0, 0
-        dt = torch.full_like(mass[:, 0], self.cfg.dt)
-        while done < total:
-            n = min(CHUNK, total - done)
-            pos, vel = ops.step(pos, vel, mass, dt, steps=n, integrator=self.cfg.integrator, **self.physics)
-            evaluations += n * len(self.weights) + 1
-            done += n
-        stats.add_constant(self.cfg.dt, total)
-        return pos, vel, evaluations
-
-    def _dt(self, pos, mass, acc, features, history) -> torch.Tensor:
-        """This step's dt [B]; features(history) gives the network input of the current state."""
+    def _dt(self, pos, mass, acc, features, history, warming: bool) -> torch.Tensor:
+        """f(s) [B], the step the policy asks for at this state; features(history) gives the
+        network input of the current state (computed during warmup too: it fills the window)."""
         mode = self.cfg.integrator_mode
         if mode == "analytic":
             return torch.full_like(mass[:, 0], self.cfg.dt)
+        tau = dynamical_time(pos, acc)
         if mode == "adaptive":
-            return adaptive_dt(pos, acc, self.cfg.eta)
+            return self.cfg.eta * tau
         inputs, self._block = features(history)
-        return self.model.dt(inputs)
+        if warming:
+            return self.warmup_eta * tau
+        return self.model.dt(inputs, tau)
 
     def _record(self, recording: Recording, t, pos, vel, mass, dt) -> None:
         with ops.unchecked():
@@ -211,20 +247,24 @@ class Simulator:
 
 class _DtStats:
     """Steps taken and sum, min and max of dt per system, kept on the device: each step's dt is
-    written into a preallocated [CHUNK, B] log, reduced once per chunk (no per-step syncs)."""
+    written into a preallocated [CHUNK, B] log, reduced once per chunk (no per-step syncs). The
+    minimum leaves out steps cut short by the end time (they say nothing about the policy)."""
 
     def __init__(self, B: int, dtype, device) -> None:
         self.total = torch.zeros(B, dtype=dtype, device=device)
         self.low = torch.full((B,), math.inf, dtype=dtype, device=device)
+        self.low_any = torch.full((B,), math.inf, dtype=dtype, device=device)
         self.high = torch.zeros(B, dtype=dtype, device=device)
         self.steps = torch.zeros(B, dtype=torch.long, device=device)
         self._log = torch.empty(CHUNK, B, dtype=dtype, device=device)  # rows are read only once written
+        self._shortened = torch.empty(CHUNK, B, dtype=torch.bool, device=device)
         self._used = 0
 
-    def log(self, dt: torch.Tensor) -> torch.Tensor:
+    def log(self, dt: torch.Tensor, shortened: torch.Tensor) -> torch.Tensor:
         """Log one step's dt [B] with non-finite values set to 0 and return it (the logged row
         itself, one call: valid until CHUNK more steps are logged)."""
         row = torch.nan_to_num(dt, nan=0.0, posinf=0.0, neginf=0.0, out=self._log[self._used])
+        self._shortened[self._used] = shortened
         self._used += 1
         if self._used == CHUNK:
             self.flush()
@@ -237,23 +277,19 @@ class _DtStats:
         moving = block > 0
         self.total += block.sum(0)
         self.steps += moving.sum(0)
-        self.low = torch.minimum(self.low, torch.where(moving, block, math.inf).amin(0))
+        self.low_any = torch.minimum(self.low_any, torch.where(moving, block, math.inf).amin(0))
+        full = moving & ~self._shortened[: self._used]
+        self.low = torch.minimum(self.low, torch.where(full, block, math.inf).amin(0))
         self.high = torch.maximum(self.high, block.amax(0))
         self._used = 0
-
-    def add_constant(self, dt: float, count: int) -> None:
-        if count:
-            self.total += dt * count
-            self.steps += count
-            self.low.clamp_(max=dt)
-            self.high.clamp_(min=dt)
 
     def finish(self) -> dict[str, torch.Tensor]:
         self.flush()
         mean = self.total / self.steps.clamp_min(1)
         nothing = self.steps == 0
         nan = torch.full_like(mean, math.nan)
-        return {"dt_mean": torch.where(nothing, nan, mean), "dt_min": torch.where(nothing, nan, self.low),
+        low = torch.where(torch.isinf(self.low), self.low_any, self.low)  # only shortened steps: keep them
+        return {"dt_mean": torch.where(nothing, nan, mean), "dt_min": torch.where(nothing, nan, low),
                 "dt_max": torch.where(nothing, nan, self.high)}
 
 
@@ -292,7 +328,7 @@ def _finite(value: Any) -> bool:
 
 
 def results_json(cfg: Config, systems: Systems, out: dict[str, Any]) -> list[dict[str, Any]]:
-    """One record per system with the SPEC.md section 7 fields; non-finite values become null."""
+    """One record per system (the fields the README lists); non-finite values become null."""
     physics = cfg.physics_kwargs()
     with ops.unchecked():  # a diverged final state is reported, not rejected
         E0 = ops.total_energy(systems.pos, systems.vel, systems.mass, **physics)
@@ -319,10 +355,11 @@ def results_json(cfg: Config, systems: Systems, out: dict[str, Any]) -> list[dic
             "angular_momentum_residual": angular_residual[b].item(),
             "dt_mean": out["dt"]["dt_mean"][b].item(), "dt_min": out["dt"]["dt_min"][b].item(),
             "dt_max": out["dt"]["dt_max"][b].item(),
-            "force_evaluations": out["evaluations"], "wall_time_s": out["wall_time_s"],
-            "step_cap_reached": out["step_cap_reached"],
+            "energy_error_max": out["energy_error_max"][b].item(),
+            "force_evaluations": int(out["evaluations"][b]), "wall_time_s": out["wall_time_s"],
+            "step_cap_reached": out["step_cap_reached"], "stalled": bool(out["stalled"][b]),
         }
-        diverged = not bool(finite_state[b]) or not all(
+        diverged = bool(out["diverged"][b]) or not bool(finite_state[b]) or not all(
             _finite(record[key]) for key in ("energy_final", "energy_residual", "momentum_final",
                                              "angular_momentum_final", "t_final"))
         record = {key: _strict(value) for key, value in record.items()}
@@ -353,7 +390,7 @@ def run_simulation(cfg: Config, *, stream: Optional[TextIO] = sys.stdout) -> lis
     if cfg.integrator_mode in ("ml", "history"):
         if not cfg.model_path:
             raise ConfigError(f"--integrator-mode {cfg.integrator_mode} needs --model-path CHECKPOINT")
-        checkpoint = load_checkpoint(cfg.model_path, map_location=cfg.device)
+        checkpoint = load_checkpoint(resolve_checkpoint(cfg.model_path), map_location=cfg.device)
         cfg = simulation_config(cfg, checkpoint)
         check_system(checkpoint, cfg.num_particles, cfg.dim, cfg.model_path)
     if cfg.movie or cfg.plot is not None:
@@ -383,8 +420,12 @@ def run_simulation(cfg: Config, *, stream: Optional[TextIO] = sys.stdout) -> lis
     if recording is not None:
         from .plotting import write_movie, write_plot
 
+        title = f"{cfg.integrator_mode} mode, {simulator.step_rule} steps" + (
+            f", model {cfg.model_path}" if checkpoint is not None else
+            f", dt = {cfg.dt:g}" if cfg.integrator_mode == "analytic" else f", eta = {cfg.eta:g}")
         if cfg.plot is not None:
-            write_plot(recording, cfg.plot or str(Path(cfg.movie_dir) / f"{cfg.save_name}.png"), cfg.movie_dpi)
+            write_plot(recording, cfg.plot or str(Path(cfg.movie_dir) / f"{cfg.save_name}.png"), cfg.movie_dpi,
+                       title)
         if cfg.movie:
-            write_movie(recording, Path(cfg.movie_dir) / cfg.save_name, cfg.movie_fps, cfg.movie_dpi)
+            write_movie(recording, Path(cfg.movie_dir) / cfg.save_name, cfg.movie_fps, cfg.movie_dpi, title)
     return records

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from .. import ops
-from ..checkpoint import check_system, checkpoint_path, load_checkpoint, save_checkpoint
+from ..checkpoint import FORMAT_VERSION, check_system, checkpoint_path, load_checkpoint, save_checkpoint
 from ..config import Config, config_from_dict
 from ..errors import TrainingStopped
 from ..features import Featurizer, Scales, scales_from_config
@@ -104,11 +104,11 @@ def setup(cfg: Config) -> Run:
     acc = ops.acceleration(ics.pos, ics.mass, **physics)
     if data is None:
         scales = scales_from_config(cfg, ics.pos, ics.vel, ics.mass, acc)
-        featurizer = Featurizer(cfg.feature_type, cfg.history_len, scales, cfg.softening)
+        featurizer = Featurizer(cfg.feature_type, cfg.history_len, scales, cfg.softening, cfg.G)
         model = build_model(cfg, featurizer.input_dim)
     else:
         featurizer = Featurizer(data["feature_type"], data["history_len"], Scales(**data["normalization"]),
-                                cfg.softening)
+                                cfg.softening, cfg.G)
         model = FullyConnectedNN.from_architecture(data["architecture"]).to(device=cfg.device, dtype=dtype)
         model.load_state_dict(data["model_state_dict"])
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -144,7 +144,7 @@ def _restore(run: Run, data: dict[str, Any]) -> None:
 def checkpoint_payload(run: Run, epoch: int, next_epoch: int, stop_reason: str) -> dict[str, Any]:
     trainer, o = run.trainer, run.trainer.orbits
     return {
-        "format_version": 1,
+        "format_version": FORMAT_VERSION,
         "epoch": epoch,
         "next_epoch": next_epoch,
         "stop_reason": stop_reason,

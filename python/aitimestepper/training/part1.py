@@ -2,11 +2,18 @@
 
 Per attempt, all B orbits are judged at once with dropout off (so the gate is deterministic):
 orbits whose n_steps-step move keeps r = |E1 - E0|/|E0| below the threshold advance; the others
-stay where they are and the network takes one Adam step on their mean band loss (through the
-gate's own graph when the network has no dropout, else through a training-mode forward with
-dropout on), then the gate runs again on the same states. The one host sync per attempt is the accept
-decision. An orbit that reaches --max-retrain-steps either stops the run (RetrainCapReached)
-or, with --on-retrain-cap halve, halves its dt until the step passes.
+stay where they are. The network takes one Adam step on the mean band loss of the failing
+orbits (through the gate's own graph when the network has no dropout, else through a
+training-mode forward with dropout on); with --train-on all, an attempt that every orbit passed
+takes one on every orbit whose r lies outside the band instead, so an accepted step that was
+needlessly small pushes dt up as a failing one pushes it down. (While an orbit fails, only the
+failing ones count: the passing ones would outvote the state that blocks its orbit.) Failing
+orbits are then judged again from the same state. The one host sync per attempt is the accept decision. An orbit that reaches
+--max-retrain-steps either stops the run (RetrainCapReached) or, with --on-retrain-cap halve,
+halves its dt until the step passes.
+
+With history features, an orbit's first K steps (its window still holds padding) take the
+classical step instead of the network's, as the simulation does; they are not trained on.
 """
 from __future__ import annotations
 
@@ -73,12 +80,18 @@ def collect(trainer: Trainer, epoch: int, steps_done: list[int], retries: list[i
         if capped and cfg.on_retrain_cap == "stop":
             b = capped[0]
             raise RetrainCapReached(b, steps_done[b], r_host[b], dt_host[b], retries[b])
+        # A warming orbit's step is the classical one, which retraining cannot change: halve it.
+        capped += [b for b in failing if not o.history.warm(b) and b not in capped]
         failing = [b for b in failing if b not in capped]
-        if failing:  # before any state moves: the gate's graph refers to the current states
-            retrain(trainer, gate, failing)
+        trained = failing
+        if cfg.train_on == "all" and not failing:  # every judged orbit outside the band
+            trained = [b for b in active if b not in capped and o.history.warm(b)
+                       and not cfg.E_lower <= r_host[b] <= cfg.E_upper]
+        if trained:  # before any state moves: the gate's graph refers to the current states
+            retrain(trainer, gate, trained)
             result.retrain_steps += 1
-            for b in failing:
-                retries[b] += 1
+        for b in failing:
+            retries[b] += 1
         if capped:
             gate = _halve_until_pass(trainer, gate, capped, result)
             r_host, dt_host = torch.stack([gate.r, gate.dt]).tolist()
@@ -96,14 +109,22 @@ def judge(trainer: Trainer) -> tuple[Attempt, list[float], list[float]]:
     network has no dropout, and the one host sync per attempt: r and dt of every orbit."""
     o = trainer.orbits
     with torch.set_grad_enabled(trainer.gate_gives_gradient):
-        gate = trainer.attempt(o.inputs, o.pos, o.vel, o.mass, o.energy, train=False)
+        gate = trainer.attempt(o.inputs, o.tau, o.pos, o.vel, o.mass, o.energy, train=False, warming=warming(trainer))
     with torch.no_grad():
         r_host, dt_host = torch.stack([gate.r, gate.dt]).tolist()
     return gate, r_host, dt_host
 
 
+def warming(trainer: Trainer):
+    """[B] bool: orbits whose history window still holds padding (None without history)."""
+    history = trainer.orbits.history
+    if not history.K or all(history.warm(b) for b in range(trainer.orbits.count)):
+        return None
+    return torch.tensor([not history.warm(b) for b in range(trainer.orbits.count)], device=trainer.orbits.pos.device)
+
+
 def retrain(trainer: Trainer, gate: Attempt, failing: list[int]) -> None:
-    """One Adam step on the mean band loss of the failing orbits (their states have not moved)."""
+    """One Adam step on the mean band loss of the given orbits (their states have not moved)."""
     o = trainer.orbits
     if len(failing) == o.count:  # every orbit: the tensors themselves, no indexing ops
         pick = lambda t: t  # noqa: E731
@@ -113,7 +134,7 @@ def retrain(trainer: Trainer, gate: Attempt, failing: list[int]) -> None:
     if trainer.gate_gives_gradient:
         r = pick(gate.r)
     else:  # dropout on for the gradient: a training-mode forward of the same states
-        r = trainer.attempt(*(pick(t) for t in (o.inputs, o.pos, o.vel, o.mass, o.energy)), train=True).r
+        r = trainer.attempt(*(pick(t) for t in (o.inputs, o.tau, o.pos, o.vel, o.mass, o.energy)), train=True).r
     trainer.optimize(r)
 
 
@@ -151,7 +172,7 @@ def _accept(trainer: Trainer, gate: Attempt, rows: list[int], epoch: int, steps_
     keep = [b for b in rows if o.history.warm(b)]  # warmup: windows with padding are not kept
     if keep:
         k = torch.tensor(keep, device=o.pos.device)
-        trainer.replay.append(Samples(o.inputs[k], o.pos[k], o.vel[k], o.mass[k], o.energy[k], gate.dt[k]))
+        trainer.replay.append(Samples(o.inputs[k], o.tau[k], o.pos[k], o.vel[k], o.mass[k], o.energy[k], gate.dt[k]))
     o.history.push(None if everyone else rows, o.block, o.pos, o.vel, o.acc, gate.dt)
     o.pos[index] = gate.pos[index]
     o.vel[index] = gate.vel[index]

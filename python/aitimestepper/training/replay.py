@@ -10,14 +10,16 @@ from dataclasses import dataclass
 
 import torch
 
-FIELDS = ("inputs", "pos", "vel", "mass", "energy", "dt")
+FIELDS = ("inputs", "tau", "pos", "vel", "mass", "energy", "dt")
 
 
 @dataclass
 class Samples:
-    """A minibatch: inputs [S, F], pos/vel [S, N, D], mass [S, N], energy [S], dt [S]."""
+    """A minibatch: inputs [S, F], dynamical time tau [S], pos/vel [S, N, D], mass [S, N],
+    energy [S], dt [S]."""
 
     inputs: torch.Tensor
+    tau: torch.Tensor
     pos: torch.Tensor
     vel: torch.Tensor
     mass: torch.Tensor
@@ -28,7 +30,7 @@ class Samples:
 class ReplayBuffer:
     def __init__(self, input_dim: int, N: int, D: int, dtype, device, capacity: int = 256) -> None:
         self.size = 0
-        self._shapes = {"inputs": (input_dim,), "pos": (N, D), "vel": (N, D), "mass": (N,), "energy": (), "dt": ()}
+        self._shapes = {"inputs": (input_dim,), "tau": (), "pos": (N, D), "vel": (N, D), "mass": (N,), "energy": (), "dt": ()}
         self._data = {key: torch.zeros((capacity, *shape), dtype=dtype, device=device)
                       for key, shape in self._shapes.items()}
 

@@ -1,0 +1,26 @@
+"""The local dynamical time of a state: the time scale both the classical step criterion and the
+learned step are measured in.
+
+tau = min_i sqrt(d_i / |a_i|), d_i the distance from body i to its nearest neighbour and a_i its
+acceleration. It scales as sqrt(L^3 / (G M)) when lengths, masses and G are rescaled, which is
+how every time of a gravitating system scales, so a step written as dt = tau * g with a
+dimensionless g is unit-aware whatever g is. The classical criterion is dt = eta * tau.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def dynamical_time(pos: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
+    """tau [B] of states pos, acc [B, N, D] (differentiable; an isolated body with a = 0 does
+    not count: its tau is infinite, and the minimum is over the others)."""
+    distance = torch.cdist(pos, pos)
+    distance = distance + torch.diag_embed(torch.full_like(distance[..., 0], float("inf")))
+    nearest = distance.amin(-1)
+    magnitude = torch.linalg.vector_norm(acc, dim=-1).clamp_min(torch.finfo(pos.dtype).tiny)
+    return torch.sqrt(nearest / magnitude).amin(-1)
+
+
+def eta_criterion(pos: torch.Tensor, acc: torch.Tensor, eta: float) -> torch.Tensor:
+    """The classical step dt = eta * tau, [B]."""
+    return eta * dynamical_time(pos, acc)
