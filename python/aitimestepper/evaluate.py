@@ -74,9 +74,13 @@ def _simulate(cfg: Config, checkpoint, systems: Systems, t_end, label: str, para
                recording)
 
 
-def interpolate(runs: list[Run], evaluations: float) -> tuple[float, str]:
+def interpolate(runs: list[Run], evaluations: float, bound: float) -> tuple[float, str]:
     """max |dE/E0| of a sweep at `evaluations`, linear in log-log between the two runs around it
-    (extrapolated from the two nearest, and said so, when the sweep does not reach it)."""
+    (extrapolated from the two nearest, and said so, when the sweep does not reach it). Where a
+    run of at least this cost diverged, the error is only known to exceed `bound`: that is
+    returned, and said."""
+    if any(not math.isfinite(r.energy_error_max) and r.evaluations >= evaluations for r in runs):
+        return bound, f"diverged at this cost: the error exceeds {bound:g}"
     points = sorted((r.evaluations, r.energy_error_max) for r in runs
                     if math.isfinite(r.energy_error_max) and r.energy_error_max > 0)
     if len(points) < 2:
@@ -150,7 +154,7 @@ def evaluate(cfg: Config, *, stream: Optional[TextIO] = sys.stdout) -> dict[str,
             Row(learned_other.label, learned_other.energy_error_max, learned_other.evaluations,
                 learned_other.wall_per_step_s, "its own cost")]
     for name, runs in sweeps.items():
-        value, note = interpolate(runs, target)
+        value, note = interpolate(runs, target, cfg.energy_error_bound)
         wall = sum(r.wall_per_step_s for r in runs) / len(runs)
         rows.append(Row(name, value, target, wall, note))
     report = {

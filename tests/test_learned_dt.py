@@ -1,0 +1,223 @@
+"""The learned step: its training signal, its units, its time symmetry, its start-up and its report.
+
+- A sample whose step was needlessly accurate (r below E_lower) gets a gradient that raises dt.
+- The scale-aware dt with `scaled` features rescales exactly as the physics does.
+- The symmetric step rule retraces its steps when the run is reversed.
+- With history features, the first K steps are classical and no zero-padded window is fed.
+- The simulation reports the largest energy error, ignores the cut last step in dt_min, counts
+  only the force evaluations a system used, and ends a collision quickly.
+- `evaluate` reads every method at the learned run's cost.
+"""
+import io
+import json
+import math
+
+import pytest
+import torch
+
+from _product import BACKEND, tiny_config
+from aitimestepper import ops
+from aitimestepper.config import build_config
+from aitimestepper.errors import ConfigError
+from aitimestepper.evaluate import evaluate, interpolate, Run
+from aitimestepper.features import Featurizer, Scales
+from aitimestepper.model import FullyConnectedNN
+from aitimestepper.physics.timescale import dynamical_time, eta_criterion
+from aitimestepper.simulate import SymmetricSteps, run_simulation
+from aitimestepper.training import run_training
+from aitimestepper.training.loop import setup
+from aitimestepper.training.part1 import collect
+from aitimestepper.training.part2 import evaluate as judge_samples
+from aitimestepper.training.part2 import iteration
+
+DTYPE = torch.float64
+
+
+def _three_bodies(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.randn(2, 3, 2, generator=g, dtype=DTYPE)
+    vel = 0.5 * torch.randn(2, 3, 2, generator=g, dtype=DTYPE)
+    mass = torch.rand(2, 3, generator=g, dtype=DTYPE) + 0.5
+    return pos, vel, mass
+
+
+def test_a_sample_below_E_lower_pushes_dt_up(tmp_path):
+    # eta_init 1e-3 makes every step far more accurate than the band asks (r << E_lower = 1e-6).
+    cfg = tiny_config(tmp_path, eta_init=1e-3, E_lower=1e-6, E_upper=1e-4, steps_per_epoch=8, lr=1e-2)
+    run = setup(cfg)
+    trainer = run.trainer
+    collect(trainer, 0, run.steps_done, run.retries)
+    samples = trainer.replay.take(torch.arange(len(trainer.replay)))
+    with torch.no_grad():
+        before = judge_samples(trainer, samples)
+    assert bool((before.r < cfg.E_lower).all()), "the setup must put every sample below the band"
+    fails, converged = iteration(trainer, samples)
+    assert fails == 0 and not converged  # all pass the gate, yet the loss is not small: a step is taken
+    with torch.no_grad():
+        after = judge_samples(trainer, samples)
+    assert bool((after.dt > before.dt).all())
+
+
+def test_train_on_failing_ignores_samples_below_the_band(tmp_path):
+    cfg = tiny_config(tmp_path, eta_init=1e-3, steps_per_epoch=8, lr=1e-2, train_on="failing")
+    run = setup(cfg)
+    collect(run.trainer, 0, run.steps_done, run.retries)
+    samples = run.trainer.replay.take(torch.arange(len(run.trainer.replay)))
+    assert iteration(run.trainer, samples) == (0, True)
+
+
+def test_threshold_below_E_upper_is_refused():
+    with pytest.raises(ConfigError, match="E_upper"):
+        build_config("train", None, {"energy_threshold": 1e-6})
+
+
+def test_scale_aware_dt_rescales_as_the_physics_does():
+    torch.manual_seed(0)
+    featurizer = Featurizer("scaled", 0, Scales(), softening=0.0, G=1.0)
+    model = FullyConnectedNN(featurizer.input_dim, [16, 16], dropout=0.0).to(DTYPE)
+    with torch.no_grad():  # a trained-looking network: the zero-initialised row would hide the features
+        model.net[-2].weight.normal_()
+    pos, vel, mass = _three_bodies()
+    length, mass_unit, G = 4.0, 16.0, 0.25  # powers of two: every rescaling is exact in binary
+    time_unit = math.sqrt(length ** 3 / (G * mass_unit))
+
+    def predicted(pos, vel, mass, G):
+        acc = ops.acceleration(pos, mass, G=G, backend=BACKEND)
+        scaled = Featurizer("scaled", 0, Scales(), softening=0.0, G=G)
+        with torch.no_grad():
+            return model.dt(scaled.state_block(pos, vel, mass, acc), dynamical_time(pos, acc))
+
+    dt = predicted(pos, vel, mass, 1.0)
+    rescaled = predicted(pos * length, vel * (length / time_unit), mass * mass_unit, G)
+    torch.testing.assert_close(rescaled, dt * time_unit, rtol=1e-12, atol=0)
+    assert float((dt - dt.mean()).abs().max()) > 0, "the network must depend on the state for this to mean much"
+
+
+def test_fresh_scale_aware_network_is_the_eta_criterion():
+    featurizer = Featurizer("scaled", 0, Scales())
+    model = FullyConnectedNN(featurizer.input_dim, [8], dropout=0.0, eta_init=0.03).to(DTYPE)
+    pos, vel, mass = _three_bodies(1)
+    acc = ops.acceleration(pos, mass, backend=BACKEND)
+    with torch.no_grad():
+        dt = model.dt(featurizer.state_block(pos, vel, mass, acc), dynamical_time(pos, acc))
+    torch.testing.assert_close(dt, eta_criterion(pos, acc, 0.03), rtol=1e-14, atol=0)
+
+
+def test_symmetric_step_rule_retraces_its_steps():
+    pos, vel, mass = _three_bodies(2)
+    pos, vel, mass = pos[:1], vel[:1], mass[:1]
+    physics = {"softening": 0.05, "backend": BACKEND}
+
+    def run(pos, vel, rule, steps):
+        taken = []
+        for _ in range(steps):
+            acc = ops.acceleration(pos, mass, **physics)
+            h = rule(eta_criterion(pos, acc, 0.05))
+            taken.append(h.item())
+            pos, vel = ops.step(pos, vel, mass, h, **physics)
+        return pos, vel, taken
+
+    forward = SymmetricSteps()
+    end_pos, end_vel, steps = run(pos, vel, forward, 200)
+    assert max(steps) / min(steps) > 1.5, "the step must vary for the test to mean anything"
+    # The reversed run starts from the step the forward run would have taken next.
+    backward = SymmetricSteps()
+    backward.previous = forward(eta_criterion(end_pos, ops.acceleration(end_pos, mass, **physics), 0.05))
+    back_pos, back_vel, back_steps = run(end_pos, -end_vel, backward, 200)
+    assert back_steps == pytest.approx(steps[::-1], rel=1e-10)
+    torch.testing.assert_close(back_pos, pos, rtol=0, atol=1e-10)
+    torch.testing.assert_close(-back_vel, vel, rtol=0, atol=1e-10)
+
+
+def test_plain_state_dependent_step_does_not_retrace():
+    """The control: with h = f(s_n) the reversed run takes other steps."""
+    pos, vel, mass = _three_bodies(2)
+    pos, vel, mass = pos[:1], vel[:1], mass[:1]
+    f = lambda p: eta_criterion(p, ops.acceleration(p, mass, softening=0.05), 0.05)  # noqa: E731
+    h_forward = f(pos)
+    end_pos, end_vel = ops.step(pos, vel, mass, h_forward, softening=0.05)
+    h_backward = f(end_pos)
+    assert abs(h_backward.item() - h_forward.item()) > 1e-6 * h_forward.item()
+
+
+def _sim_config(tmp_path, **changes):
+    return build_config("simulate", None, {"backend": BACKEND, "output_dir": str(tmp_path / "data"),
+                                           "e_min": 0.5, "e_max": 0.5, **changes})
+
+
+def _records(cfg):
+    stream = io.StringIO()
+    run_simulation(cfg, stream=stream)
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_history_window_is_filled_by_classical_steps_first(tmp_path, monkeypatch):
+    train = tiny_config(tmp_path, history_len=3, save_name="hist")
+    checkpoint = run_training(train, progress=False).checkpoint
+    seen = []
+    original = FullyConnectedNN.dt
+
+    def spy(self, inputs, tau):
+        seen.append(inputs.clone())
+        return original(self, inputs, tau)
+
+    monkeypatch.setattr(FullyConnectedNN, "dt", spy)
+    cfg = _sim_config(tmp_path, integrator_mode="history", model_path=checkpoint, steps=10, step_rule="plain",
+                      plot=str(tmp_path / "h.png"), movie_max_frames=100)
+    records = _records(cfg)
+    assert len(seen) == 10 - 3  # the first 3 steps are classical
+    block = seen[0].shape[-1] // 4
+    for inputs in seen:  # every block of every window comes from a real state
+        assert bool((inputs.view(-1, 4, block).abs().sum(-1) > 0).all())
+    assert records[0]["steps"] == 10
+
+
+def test_simulation_reports_max_error_cut_step_and_own_evaluations(tmp_path):
+    records = _records(_sim_config(tmp_path, integrator_mode="analytic", dt=0.03, duration=0.1))
+    assert records[0]["steps"] == 4 and records[0]["t_final"] == pytest.approx(0.1)
+    assert records[0]["dt_min"] == pytest.approx(0.03)  # not the last step's 0.01
+    assert records[0]["energy_error_max"] >= abs(records[0]["energy_residual"]) > 0
+    # Two orbits of different periods: each counts only the evaluations it used.
+    two = _records(_sim_config(tmp_path, integrator_mode="adaptive", Nperiod=1.0, num_orbits=2, e_min=0.2,
+                               e_max=0.8, a_min=0.5, a_max=2.0, seed=3))
+    assert two[0]["steps"] != two[1]["steps"]
+    assert all(r["force_evaluations"] == r["steps"] + 1 for r in two)
+
+
+def test_head_on_collision_ends_quickly_and_says_so(tmp_path):
+    path = tmp_path / "collision.npy"
+    import numpy as np
+
+    np.save(path, np.array([[1.0, -0.5, 0.0, 0.0, 0.0], [1.0, 0.5, 0.0, 0.0, 0.0]]))
+    records = _records(_sim_config(tmp_path, integrator_mode="adaptive", ic_path=str(path), duration=10.0,
+                                   step_cap=200_000))
+    assert records[0]["stalled"] or records[0]["diverged"]
+    assert records[0]["steps"] < 200_000 and not records[0]["step_cap_reached"]
+
+
+def test_interpolation_at_the_learned_cost():
+    runs = [Run("x", 100, 1e-2, 99, 0.0), Run("x", 200, 2.5e-3, 199, 0.0), Run("x", 400, 6.25e-4, 399, 0.0)]
+    value, note = interpolate(runs, 141.42135623730951, 0.1)
+    assert value == pytest.approx(5e-3, rel=1e-9) and note == ""
+    diverged = [Run("x", 150, math.inf, 149, 0.0)] + runs[1:]
+    assert interpolate(diverged, 120, 0.1) == (0.1, "diverged at this cost: the error exceeds 0.1")
+
+
+def test_evaluate_compares_at_equal_force_evaluations(tmp_path):
+    checkpoint = run_training(tiny_config(tmp_path, save_name="ev"), progress=False).checkpoint
+    cfg = _sim_config(tmp_path, model_path=str(tmp_path / "data" / "ev"), Nperiod=0.5,
+                      output_json=str(tmp_path / "ev.json"), plot=str(tmp_path / "ev.png"))
+    stream = io.StringIO()
+    report = evaluate(cfg, stream=stream)
+    assert report["model"] == checkpoint
+    methods = [row["method"] for row in report["rows"]]
+    assert methods == ["learned (symmetric)", "learned (plain)", "fixed-dt leapfrog", "eta criterion",
+                       "eta criterion, symmetric"]
+    target = report["learned_evaluations"]
+    for name in ("eta criterion", "eta criterion, symmetric"):
+        costs = [run["evaluations"] for run in report["runs"][name]]
+        assert min(costs) < target < max(costs)  # interpolated, not extrapolated
+    assert all(math.isfinite(row["energy_error_max"]) and row["energy_error_max"] > 0 for row in report["rows"])
+    assert "fixed-dt leapfrog" in stream.getvalue()
+    assert json.loads((tmp_path / "ev.json").read_text())["learned_evaluations"] == target
+    assert (tmp_path / "ev.png").stat().st_size > 0
