@@ -339,6 +339,24 @@ void cpu_state_features(std::uintptr_t pos, std::uintptr_t vel, std::uintptr_t m
                             ptr(column_scale), ptr(out), s, rich, tail);
 }
 
+// The scaled feature block (out [B, 13]; out = 0: none) and the dynamical time tau [B] of a CPU
+// batch, both in the batch's dtype.
+void cpu_scaled_features(std::uintptr_t pos, std::uintptr_t vel, std::uintptr_t mass,
+                         std::uintptr_t acc, std::uintptr_t out, std::uintptr_t tau, int64_t B,
+                         int64_t N, int64_t D, double G, double softening, bool double_precision) {
+  const aits::Shape s = to_shape(B, N, D);
+  if (s.B == 0) return;
+  if (N < 2) throw py::value_error("scaled features need N >= 2 bodies, got N=" + std::to_string(N));
+  require(pos, "pos");
+  require(vel, "vel");
+  require(mass, "mass");
+  require(acc, "acc");
+  require(tau, "tau");
+  py::gil_scoped_release nogil;
+  aits::cpu::scaled_features(double_precision, ptr(pos), ptr(vel), ptr(mass), ptr(acc),
+                             out == 0 ? nullptr : ptr(out), ptr(tau), s, G, softening);
+}
+
 // One step of `integrator` applied in place to pos, vel, acc [B,N,D] (acc = a(pos) in and out).
 void cpu_carried_step(std::uintptr_t pos, std::uintptr_t vel, std::uintptr_t acc,
                       std::uintptr_t mass, std::uintptr_t dt, int64_t B, int64_t N, int64_t D,
@@ -370,6 +388,11 @@ PYBIND11_MODULE(_core, m) {
         py::arg("pos"), py::arg("vel"), py::arg("mass"), py::arg("acc"), py::arg("column_scale"),
         py::arg("out"), py::arg("B"), py::arg("N"), py::arg("D"), py::arg("rich"), py::arg("tail"),
         py::arg("double_precision"));
+  m.def("cpu_scaled_features", &cpu_scaled_features,
+        "The scaled feature block of features.py (out[B,13], or none for out = 0) and tau[B].",
+        py::arg("pos"), py::arg("vel"), py::arg("mass"), py::arg("acc"), py::arg("out"),
+        py::arg("tau"), py::arg("B"), py::arg("N"), py::arg("D"), py::arg("G"),
+        py::arg("softening"), py::arg("double_precision"));
   m.def("cpu_carried_step", &cpu_carried_step,
         "One step in place on pos, vel, acc [B,N,D], carrying the acceleration (acc = a(pos)).",
         py::arg("pos"), py::arg("vel"), py::arg("acc"), py::arg("mass"), py::arg("dt"),

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <limits>
+#include <vector>
 
 #include "common.h"
 
@@ -134,6 +135,115 @@ void state_features(bool double_precision, const void* pos, const void* vel, con
                                  static_cast<const T*>(mass), static_cast<const T*>(acc),
                                  static_cast<const T*>(column_scale), static_cast<T*>(out), shape,
                                  rich, tail);
+  });
+}
+
+}  // namespace aits::cpu
+
+namespace aits::cpu {
+namespace {
+
+// tau and the scaled block of one system; sums in double whatever T (rounded once at the end),
+// min/max propagating NaN as torch's amin/amax do. `nearest` holds N doubles of scratch.
+template <typename T, int D>
+void scaled_one_system(const T* x, const T* v, const T* m, const T* a, T* out, T* tau_out,
+                       int64_t N, double G, double eps, double* nearest) {
+  double total = 0;
+  for (int64_t i = 0; i < N; ++i) total += double(m[i]);
+  double com[D] = {}, vcom[D] = {};
+  for (int64_t i = 0; i < N; ++i) {
+    const double w = double(m[i]) / total;
+    for (int k = 0; k < D; ++k) {
+      com[k] += w * double(x[i * D + k]);
+      vcom[k] += w * double(v[i * D + k]);
+    }
+  }
+  Moments fraction, r, s, alpha, d;
+  double kinetic = 0;
+  for (int64_t i = 0; i < N; ++i) {
+    double r2 = 0, s2 = 0, a2 = 0;
+    for (int k = 0; k < D; ++k) {
+      const double dx = double(x[i * D + k]) - com[k];
+      const double dv = double(v[i * D + k]) - vcom[k];
+      const double da = double(a[i * D + k]);
+      r2 += dx * dx;
+      s2 += dv * dv;
+      a2 += da * da;
+    }
+    fraction.add(double(m[i]) / total);
+    r.add(std::sqrt(r2));
+    s.add(std::sqrt(s2));
+    alpha.add(std::sqrt(a2));
+    kinetic += 0.5 * double(m[i]) * s2;
+    nearest[i] = std::numeric_limits<double>::infinity();
+  }
+  double potential = 0;
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t j = i + 1; j < N; ++j) {
+      double d2 = 0;
+      for (int k = 0; k < D; ++k) {
+        const double dx = double(x[i * D + k]) - double(x[j * D + k]);
+        d2 += dx * dx;
+      }
+      const double distance = std::sqrt(d2);
+      d.add(distance);
+      potential += double(m[i]) * double(m[j]) / std::sqrt(d2 + eps * eps);
+      nearest[i] = nan_min(nearest[i], distance);
+      nearest[j] = nan_min(nearest[j], distance);
+    }
+  potential *= G;
+  // |a_i| floored at the dtype's smallest normal, as the reference clamps it.
+  const double floor = double(std::numeric_limits<T>::min());
+  double tau = std::numeric_limits<double>::infinity();
+  for (int64_t i = 0; i < N; ++i) {
+    double a2 = 0;
+    for (int k = 0; k < D; ++k) a2 += double(a[i * D + k]) * double(a[i * D + k]);
+    const double magnitude = std::sqrt(a2);
+    tau = nan_min(tau, std::sqrt(nearest[i] / (magnitude > floor || std::isnan(magnitude) ? magnitude : floor)));
+  }
+  *tau_out = static_cast<T>(tau);
+  if (out == nullptr) return;
+  const double per_body = 1.0 / double(N);
+  const double length = d.sum / double(N * (N - 1) / 2);
+  const double gm = G * total;
+  const double velocity = std::sqrt(gm / length);
+  const double time = length / velocity;
+  const double acceleration = gm / (length * length);
+  const double columns[kScaledFeatures] = {
+      fraction.low, fraction.high, d.low / length, d.high / length,
+      r.sum * per_body / length, r.high / length, s.sum * per_body / velocity, s.high / velocity,
+      alpha.sum * per_body / acceleration, alpha.high / acceleration, tau / time,
+      kinetic / potential, eps / length};
+  for (int c = 0; c < kScaledFeatures; ++c) out[c] = static_cast<T>(columns[c]);
+}
+
+template <typename T, int D>
+void run_scaled(const T* pos, const T* vel, const T* mass, const T* acc, T* out, T* tau, Shape s,
+                double G, double eps) {
+  const int64_t state = s.N * D;
+  const bool parallel = s.B >= 2 * int64_t(detail::max_threads()) && s.B * s.N * s.N >= 4096;
+  (void)parallel;
+#pragma omp parallel if (parallel)
+  {
+    std::vector<double> nearest(s.N);
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < s.B; ++b)
+      scaled_one_system<T, D>(pos + b * state, vel + b * state, mass + b * s.N, acc + b * state,
+                              out == nullptr ? nullptr : out + b * kScaledFeatures, tau + b, s.N, G,
+                              eps, nearest.data());
+  }
+}
+
+}  // namespace
+
+void scaled_features(bool double_precision, const void* pos, const void* vel, const void* mass,
+                     const void* acc, void* out, void* tau, Shape shape, double G, double softening) {
+  detail::dispatch(double_precision, shape.D, [&](auto zero, auto dim) {
+    using T = decltype(zero);
+    run_scaled<T, decltype(dim)::value>(static_cast<const T*>(pos), static_cast<const T*>(vel),
+                                        static_cast<const T*>(mass), static_cast<const T*>(acc),
+                                        static_cast<T*>(out), static_cast<T*>(tau), shape, G,
+                                        softening);
   });
 }
 

@@ -22,3 +22,15 @@ void state_features(bool double_precision, const void* pos, const void* vel, con
                     double tail);
 
 }  // namespace aits::cpu
+
+namespace aits::cpu {
+
+constexpr int kScaledFeatures = 13;
+
+// The dimensionless `scaled` block of features.py (Featurizer.scaled_block, its float64
+// reference) and the dynamical time tau = min_i sqrt(d_i / |a_i|) of physics/timescale.py, for
+// every system: pos, vel, acc [B, N, D], mass [B, N], out [B, 13] (null: tau only), tau [B].
+void scaled_features(bool double_precision, const void* pos, const void* vel, const void* mass,
+                     const void* acc, void* out, void* tau, Shape shape, double G, double softening);
+
+}  // namespace aits::cpu

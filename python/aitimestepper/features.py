@@ -138,6 +138,12 @@ def _shift_in(buffer: torch.Tensor, index, new: torch.Tensor) -> None:
 
 
 _HAS_COMPILED_FEATURES = _core is not None and hasattr(_core, "cpu_state_features")
+_HAS_COMPILED_SCALED = _core is not None and hasattr(_core, "cpu_scaled_features")
+
+
+def compiled_scaled_applies(pos, vel, mass, acc) -> bool:
+    """True when csrc/cpu/features.cpp can compute the scaled block and tau of these tensors."""
+    return _HAS_COMPILED_SCALED and _compiled_applies(pos, vel, mass, acc)
 
 
 def _compiled_applies(pos, vel, mass, acc) -> bool:
@@ -218,6 +224,8 @@ class Featurizer:
         The compiled kernel where it applies (CPU, float32/64, no gradient wanted, plain eager
         tensors of these shapes), else state_block_reference."""
         if self.feature_type == "scaled":
+            if compiled_scaled_applies(pos, vel, mass, acc):
+                return _BoundScaled(self, *(t.contiguous() for t in (pos, vel, mass, acc))).block()
             return self.scaled_block(pos, vel, mass, acc)
         if _compiled_applies(pos, vel, mass, acc):
             return self._state_block_compiled(pos, vel, mass, acc)
@@ -328,15 +336,55 @@ class Featurizer:
     def bind(self, pos: torch.Tensor, vel: torch.Tensor, mass: torch.Tensor, acc: torch.Tensor):
         """`inputs(history)` of state buffers that the caller advances in place (the simulation
         loop): the same values as `self.inputs(history, pos, vel, mass, acc)`, with the compiled
-        kernel's applicability checked once, here, instead of at every call."""
+        kernel's applicability checked once, here, instead of at every call. After each call,
+        the function's `tau` holds the state's dynamical time [B] (physics/timescale.py)."""
+        contiguous = all(t.is_contiguous() for t in (pos, vel, mass, acc))
+        if self.feature_type == "scaled" and contiguous and compiled_scaled_applies(pos, vel, mass, acc):
+            return _BoundScaled(self, pos, vel, mass, acc)
         if self.feature_type in ("delta_mag", "scaled") or not _compiled_applies(pos, vel, mass, acc) \
-                or not all(t.is_contiguous() for t in (pos, vel, mass, acc)):
-            return lambda history: self.inputs(history, pos, vel, mass, acc)
+                or not contiguous:
+            return _BoundReference(self, pos, vel, mass, acc)
         return _BoundStateBlock(self, pos, vel, mass, acc)
 
 
+class _BoundReference:
+    """Featurizer.bind's function where no compiled kernel applies: the PyTorch formulas."""
+
+    def __init__(self, featurizer: Featurizer, pos, vel, mass, acc) -> None:
+        self.featurizer = featurizer
+        self.buffers = (pos, vel, mass, acc)
+        self.tau: Optional[torch.Tensor] = None
+
+    def __call__(self, history: Optional[History]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        pos, vel, mass, acc = self.buffers
+        self.tau = dynamical_time(pos, acc)
+        return self.featurizer.inputs(history, pos, vel, mass, acc)
+
+
+class _BoundScaled:
+    """Featurizer.bind's function for the scaled block: block and tau from one compiled call."""
+
+    def __init__(self, featurizer: Featurizer, pos, vel, mass, acc) -> None:
+        B, N, D = pos.shape
+        self.featurizer = featurizer
+        self.buffers = (pos, vel, mass, acc)
+        self.shape = (B, STATE_FEATURES["scaled"])
+        self.tau = pos.new_empty(B)
+        self.args = (pos.data_ptr(), vel.data_ptr(), mass.data_ptr(), acc.data_ptr())
+        self.sizes = (B, N, D, featurizer.G, featurizer.softening, pos.dtype == torch.float64)
+
+    def block(self) -> torch.Tensor:
+        out = self.buffers[0].new_empty(self.shape)
+        _core.cpu_scaled_features(*self.args, out.data_ptr(), self.tau.data_ptr(), *self.sizes)
+        return out
+
+    def __call__(self, history: Optional[History]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.featurizer._with_history(history, self.block())
+
+
 class _BoundStateBlock:
-    """Featurizer.bind's function for the compiled kernel: it holds the buffers it reads through."""
+    """Featurizer.bind's function for the compiled basic/rich kernel: it holds the buffers it reads
+    through (tau comes from the PyTorch formula)."""
 
     def __init__(self, featurizer: Featurizer, pos, vel, mass, acc) -> None:
         B, N, D = pos.shape
@@ -355,4 +403,6 @@ class _BoundStateBlock:
         return out
 
     def __call__(self, history: Optional[History]) -> tuple[torch.Tensor, torch.Tensor]:
+        pos, _, _, acc, _ = self.buffers
+        self.tau = dynamical_time(pos, acc)
         return self.featurizer._with_history(history, self.block())

@@ -21,6 +21,8 @@ from torch import nn
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "silu": nn.SiLU}
 DT_PARAMS = ("scale-aware", "absolute")
+_ELEMENTWISE = {nn.Tanh: torch.tanh, nn.Softplus: torch.nn.functional.softplus, nn.ReLU: torch.relu,
+                nn.Sigmoid: torch.sigmoid, nn.SiLU: torch.nn.functional.silu}
 
 
 class FourierEmbedding(nn.Module):
@@ -90,11 +92,37 @@ class FullyConnectedNN(nn.Module):
     def dt(self, x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
         """The predicted step per row, [B], from inputs [B, F] and the states' dynamical times [B]
         (unused by the absolute parametrization)."""
-        return self.dt_from_output(self(x), tau)
+        if self.training or torch.is_grad_enabled() or self.embedding is not None:
+            return self.dt_from_output(self(x), tau)
+        return self.dt_from_output(self._inference(x), tau)
+
+    def _inference(self, x: torch.Tensor) -> torch.Tensor:
+        """forward() in eval mode without gradients, as plain function calls: the same operations
+        in the same order (bitwise the same result), without the per-module call machinery that
+        costs more than the arithmetic of a small network at batch 1 (the simulation's case)."""
+        for function, *arguments in self._plan():
+            x = function(x, *arguments)
+        return x
+
+    def _plan(self) -> list:
+        """(function, extra arguments) per layer for _inference, built once (weights are shared,
+        not copied, so optimizer steps and load_state_dict are seen)."""
+        if getattr(self, "_inference_plan", None) is None:
+            plan = []
+            for layer in self.net:
+                if isinstance(layer, nn.Linear):
+                    plan.append((torch.nn.functional.linear, layer.weight, layer.bias))
+                elif type(layer) in _ELEMENTWISE:
+                    plan.append((_ELEMENTWISE[type(layer)],))
+                elif not isinstance(layer, nn.Dropout):  # dropout is the identity in eval mode
+                    plan.append((layer,))
+            self._inference_plan = plan
+        return self._inference_plan
 
     def dt_from_output(self, out: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
         if self.scale_aware:
-            dt = tau * (out[..., 0] * self._factor)
+            dt = torch.mul(out[..., 0], tau).mul_(self._factor) if not out.requires_grad else \
+                out[..., 0] * tau * self._factor
         else:
             dt = out[..., 0] + self.dt_min
         if self.dt_max is not None:

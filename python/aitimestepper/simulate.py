@@ -42,7 +42,7 @@ from .config import Config, config_from_dict
 from .errors import ConfigError
 from .initial_conditions import Systems, kepler_period, make_systems
 from .physics.integrators import substep_weights
-from .physics.timescale import dynamical_time
+from .physics.timescale import bind_dynamical_time
 
 # System settings a checkpoint supplies unless the user gives them explicitly.
 INHERITED_FROM_CHECKPOINT = ("num_particles", "dim", "mass", "G", "softening", "integrator", "external_field_mass",
@@ -89,24 +89,33 @@ class SymmetricSteps:
     The step from s_n is h_(n+1/2) with 1/h_(n+1/2) + 1/h_(n-1/2) = 2/f(s_n) (the explicit
     reversible step-size recurrence of adaptive Verlet integrators): the relation is symmetric
     under exchanging the steps before and after s_n, and a kick-drift-kick step run backwards
-    retraces itself, so the run reversed (velocities flipped) takes the same steps in the
-    opposite order. That removes the secular energy drift a plain h = f(s_n) step has, while h
-    follows f to first order in its change from step to step. The first step is f(s_0); each h
-    is kept within [f/2, 2f] so that a sudden drop of f cannot make the recurrence overshoot.
+    retraces itself, so the run reversed (velocities flipped, the recurrence started from the
+    step the forward run would take next) takes the same steps in the opposite order. That
+    removes the secular energy drift a plain h = f(s_n) step has, while h follows f to first
+    order in its change from step to step. The first step is f(s_0); each h is kept within
+    [f/2, 2f] so that a sudden drop of f cannot make the recurrence overshoot. The recurrence
+    runs on rho = 1/h (`previous` is h, for callers that seed it).
     """
 
     def __init__(self) -> None:
-        self.previous: Optional[torch.Tensor] = None
+        self.rho: Optional[torch.Tensor] = None
+
+    @property
+    def previous(self) -> Optional[torch.Tensor]:
+        return None if self.rho is None else self.rho.reciprocal()
+
+    @previous.setter
+    def previous(self, h: torch.Tensor) -> None:
+        self.rho = h.reciprocal()
 
     def __call__(self, f: torch.Tensor) -> torch.Tensor:
-        if self.previous is None:
-            h = f
-        else:
-            inverse = 2 / f - 1 / self.previous
-            h = torch.where(inverse > 0, 1 / inverse, torch.full_like(f, math.inf))
-            h = torch.minimum(torch.maximum(h, 0.5 * f), 2 * f)
-        self.previous = h
-        return h
+        inverse = f.reciprocal()
+        if self.rho is None:
+            self.rho = inverse
+            return f
+        rho = torch.add(inverse, inverse - self.rho)  # 2/f - 1/h_prev
+        self.rho = torch.clamp(rho, min=0.5 * inverse, max=2 * inverse)
+        return self.rho.reciprocal()
 
 
 class Simulator:
@@ -179,6 +188,7 @@ class Simulator:
         # Checked once here, then one call per step (one compiled call on the cpu backend).
         advance = ops.bind_carried_step(pos, vel, acc, mass, integrator=cfg.integrator, **self.physics)
         features = self.featurizer.bind(pos, vel, mass, acc) if self.featurizer is not None else None
+        self._tau = bind_dynamical_time(pos, vel, mass, acc, cfg.G, cfg.softening) if features is None else None
         while taken < limit:
             f = self._dt(pos, mass, acc, features, history, warming=taken < warmup_steps)
             h = rule(f) if rule is not None else f
@@ -221,13 +231,12 @@ class Simulator:
         mode = self.cfg.integrator_mode
         if mode == "analytic":
             return torch.full_like(mass[:, 0], self.cfg.dt)
-        tau = dynamical_time(pos, acc)
         if mode == "adaptive":
-            return self.cfg.eta * tau
+            return self.cfg.eta * self._tau()
         inputs, self._block = features(history)
         if warming:
-            return self.warmup_eta * tau
-        return self.model.dt(inputs, tau)
+            return self.warmup_eta * features.tau
+        return self.model.dt(inputs, features.tau)
 
     def _record(self, recording: Recording, t, pos, vel, mass, dt) -> None:
         with ops.unchecked():
