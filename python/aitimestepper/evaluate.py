@@ -6,7 +6,8 @@ and plainly. Its cost is counted in force evaluations, every one of them. The ha
 run as sweeps around that count: fixed-dt leapfrog (dt spaced by sqrt(2)) and the classical
 criterion dt = eta * tau (eta spaced by sqrt(2)), plainly and symmetrised. Each sweep's largest
 |dE/E0| over the run is interpolated in log-log to the learned run's evaluation count, so every
-row of the table is read at the same cost.
+row of the table is read at the same cost. With `rebound` installed, REBOUND's IAS15 (at its
+own cost: it sets the accuracy ceiling) and its leapfrog (at the learned run's cost) join.
 
 The table goes to stdout, the numbers to --output-json, and with --plot a PNG: max |dE/E0|
 against force evaluations (one curve per sweep, the learned runs as points) beside dt against
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, TextIO
@@ -103,6 +105,48 @@ def _sweep(run_at, matched: float) -> list[Run]:
     return [run_at(matched * 2 ** (k / 2), k == 0) for k in range(-SWEEP_HALF_WIDTH, SWEEP_HALF_WIDTH + 1)]
 
 
+def _rebound_runs(cfg: Config, systems: Systems, span: float, target: int) -> list[Run]:
+    """REBOUND's IAS15 (its own adaptive steps and cost) and its leapfrog (drift-kick-drift) at the
+    learned run's force-evaluation count, when rebound is installed and the system has no
+    external field; [] otherwise. Forces are counted through REBOUND's additional-forces hook,
+    which it calls once per force evaluation; the energy error is checked after every step."""
+    try:
+        import rebound
+    except ImportError:
+        return []
+    if cfg.external_field_mass:
+        return []
+    pos, vel, mass = (t[0].double().cpu().tolist() for t in (systems.pos, systems.vel, systems.mass))
+    runs = []
+    for integrator in ("ias15", "leapfrog"):
+        sim = rebound.Simulation()
+        sim.G = cfg.G
+        sim.softening = cfg.softening
+        sim.integrator = integrator
+        for m, x, v in zip(mass, pos, vel):
+            x, v = list(x) + [0.0] * (3 - len(x)), list(v) + [0.0] * (3 - len(v))
+            sim.add(m=m, x=x[0], y=x[1], z=x[2], vx=v[0], vy=v[1], vz=v[2])
+        if integrator == "leapfrog":
+            sim.dt = span / target
+        evaluations = [0]
+
+        def count(_simulation, evaluations=evaluations) -> None:
+            evaluations[0] += 1
+
+        sim.additional_forces = count
+        energy0, worst = sim.energy(), 0.0
+        started = time.perf_counter()
+        while sim.t < span * (1 - 1e-12):
+            if integrator == "leapfrog":
+                sim.dt = min(sim.dt, span - sim.t)
+            sim.steps(1)
+            worst = max(worst, abs((sim.energy() - energy0) / energy0))
+        wall = time.perf_counter() - started
+        label = "REBOUND IAS15" if integrator == "ias15" else "REBOUND leapfrog (DKD)"
+        runs.append(Run(label, evaluations[0], worst, sim.steps_done, wall / max(sim.steps_done, 1)))
+    return runs
+
+
 def evaluate(cfg: Config, *, stream: Optional[TextIO] = sys.stdout) -> dict[str, Any]:
     """Run the comparison for cfg (a simulation config with a model); print the table, write the
     JSON and the plot when asked; return the report."""
@@ -157,6 +201,9 @@ def evaluate(cfg: Config, *, stream: Optional[TextIO] = sys.stdout) -> dict[str,
         value, note = interpolate(runs, target, cfg.energy_error_bound)
         wall = sum(r.wall_per_step_s for r in runs) / len(runs)
         rows.append(Row(name, value, target, wall, note))
+    rebound_runs = _rebound_runs(cfg, systems, span, target)
+    rows += [Row(run.label, run.energy_error_max, run.evaluations, run.wall_per_step_s,
+                 "its own cost" if run.label.endswith("IAS15") else "") for run in rebound_runs]
     report = {
         "model": str(model_path), "mode": mode, "step_rule": rule, "ic": _describe_ic(cfg),
         "t_end": span, "learned_evaluations": target,
@@ -164,7 +211,8 @@ def evaluate(cfg: Config, *, stream: Optional[TextIO] = sys.stdout) -> dict[str,
         "ratios": {name: learned.energy_error_max / row.energy_error_max
                    for name, row in zip(sweeps, rows[2:2 + len(sweeps)]) if row.energy_error_max > 0},
         "runs": {"learned": [learned.to_dict(), learned_other.to_dict()],
-                 **{name: [r.to_dict() for r in runs] for name, runs in sweeps.items()}},
+                 **{name: [r.to_dict() for r in runs] for name, runs in sweeps.items()},
+                 "rebound": [r.to_dict() for r in rebound_runs]},
     }
     if stream is not None:
         stream.write(format_table(report))
