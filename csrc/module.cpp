@@ -23,6 +23,7 @@
 
 #include "cpu/carried_step.h"
 #include "cpu/features.h"
+#include "cpu/mlp.h"
 #include "kernels.h"
 
 namespace py = pybind11;
@@ -357,6 +358,32 @@ void cpu_scaled_features(std::uintptr_t pos, std::uintptr_t vel, std::uintptr_t 
                              out == 0 ? nullptr : ptr(out), ptr(tau), s, G, softening);
 }
 
+// The step network's forward for a few rows: x [rows, in] -> out [rows, width of the last layer];
+// layers is a sequence of (weight ptr, bias ptr, in, out, activation code of aits::cpu::Activation).
+void cpu_mlp_forward(std::uintptr_t x, std::uintptr_t out, int64_t rows, py::sequence layers,
+                     bool double_precision) {
+  require(x, "x");
+  require(out, "out");
+  std::vector<aits::cpu::DenseLayer> dense;
+  for (py::handle item : layers) {
+    auto t = item.cast<py::tuple>();
+    if (t.size() != 5) throw py::value_error("each layer is (weight, bias, in, out, activation)");
+    const auto weight = t[0].cast<std::uintptr_t>(), bias = t[1].cast<std::uintptr_t>();
+    require(weight, "weight");
+    require(bias, "bias");
+    const int code = t[4].cast<int>();
+    if (code < 0 || code > 5) throw py::value_error("unknown activation code " + std::to_string(code));
+    dense.push_back({ptr(weight), ptr(bias), t[2].cast<int64_t>(), t[3].cast<int64_t>(),
+                     static_cast<aits::cpu::Activation>(code)});
+  }
+  if (dense.empty()) throw py::value_error("the network needs at least one layer");
+  for (size_t i = 1; i < dense.size(); ++i)
+    if (dense[i].in != dense[i - 1].out) throw py::value_error("layer widths do not chain");
+  if (rows <= 0) return;
+  py::gil_scoped_release nogil;
+  aits::cpu::mlp_forward(double_precision, ptr(x), ptr(out), rows, dense);
+}
+
 // One step of `integrator` applied in place to pos, vel, acc [B,N,D] (acc = a(pos) in and out).
 void cpu_carried_step(std::uintptr_t pos, std::uintptr_t vel, std::uintptr_t acc,
                       std::uintptr_t mass, std::uintptr_t dt, int64_t B, int64_t N, int64_t D,
@@ -393,6 +420,9 @@ PYBIND11_MODULE(_core, m) {
         py::arg("pos"), py::arg("vel"), py::arg("mass"), py::arg("acc"), py::arg("out"),
         py::arg("tau"), py::arg("B"), py::arg("N"), py::arg("D"), py::arg("G"),
         py::arg("softening"), py::arg("double_precision"));
+  m.def("cpu_mlp_forward", &cpu_mlp_forward,
+        "The step network's forward for a few rows (layers: (weight, bias, in, out, activation)).",
+        py::arg("x"), py::arg("out"), py::arg("rows"), py::arg("layers"), py::arg("double_precision"));
   m.def("cpu_carried_step", &cpu_carried_step,
         "One step in place on pos, vel, acc [B,N,D], carrying the acceleration (acc = a(pos)).",
         py::arg("pos"), py::arg("vel"), py::arg("acc"), py::arg("mass"), py::arg("dt"),

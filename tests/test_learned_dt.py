@@ -229,3 +229,21 @@ def test_evaluate_compares_at_equal_force_evaluations(tmp_path):
     assert "fixed-dt leapfrog" in stream.getvalue()
     assert json.loads((tmp_path / "ev.json").read_text())["learned_evaluations"] == target
     assert (tmp_path / "ev.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("activation", ["tanh", "relu", "sigmoid", "silu"])
+def test_inference_forward_matches_the_module(dtype, activation):
+    """The simulation's forward (compiled for a few CPU rows, plain calls otherwise) against forward()."""
+    torch.manual_seed(0)
+    model = FullyConnectedNN(13, [24, 16], activation=activation, dropout=0.0).to(dtype).eval()
+    with torch.no_grad():
+        model.net[-2].weight.normal_()
+    for rows in (1, 5, 40):  # 40 rows take the plain-calls path
+        x = torch.randn(rows, 13, dtype=dtype)
+        with torch.inference_mode():
+            fast, reference = model._inference(x), model(x)
+        tolerance = 1e-13 if dtype is torch.float64 else 2e-6
+        torch.testing.assert_close(fast, reference, rtol=tolerance, atol=0)
+    compiled = model._compiled_layers()
+    assert compiled is not None or "cpu" not in __import__("aitimestepper").backends()

@@ -19,8 +19,12 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
+from .ops.backends import _core
+
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "silu": nn.SiLU}
 DT_PARAMS = ("scale-aware", "absolute")
+COMPILED_MAX_ROWS = 16  # beyond a few rows torch's matrix products win
+_ACTIVATION_CODES = {"tanh": 1, "relu": 2, "sigmoid": 3, "silu": 4, "softplus": 5}  # aits::cpu::Activation
 _ELEMENTWISE = {nn.Tanh: torch.tanh, nn.Softplus: torch.nn.functional.softplus, nn.ReLU: torch.relu,
                 nn.Sigmoid: torch.sigmoid, nn.SiLU: torch.nn.functional.silu}
 
@@ -97,12 +101,41 @@ class FullyConnectedNN(nn.Module):
         return self.dt_from_output(self._inference(x), tau)
 
     def _inference(self, x: torch.Tensor) -> torch.Tensor:
-        """forward() in eval mode without gradients, as plain function calls: the same operations
-        in the same order (bitwise the same result), without the per-module call machinery that
-        costs more than the arithmetic of a small network at batch 1 (the simulation's case)."""
+        """forward() in eval mode without gradients. A few rows on the CPU (the simulation's one
+        system per step) go through one compiled call (csrc/cpu/mlp.cpp), where torch's per-
+        operator dispatch would cost more than the arithmetic; otherwise the same operators as
+        forward() as plain function calls (bitwise its result), without the module machinery."""
+        layers = self._compiled_layers()
+        if layers is not None and x.dim() == 2 and x.shape[0] <= COMPILED_MAX_ROWS and x.is_cpu \
+                and x.dtype is layers[0][0].dtype:
+            out = x.new_empty(x.shape[0], self._architecture["output_dim"])
+            # Pointers are read per call: .to() and load_state_dict may move the parameters.
+            _core.cpu_mlp_forward(x.contiguous().data_ptr(), out.data_ptr(), x.shape[0],
+                                  [(w.data_ptr(), b.data_ptr(), *rest) for w, b, *rest in layers],
+                                  x.dtype is torch.float64)
+            return out
         for function, *arguments in self._plan():
             x = function(x, *arguments)
         return x
+
+    def _compiled_layers(self) -> Optional[list]:
+        """(weight, bias, in, out, activation code) per Linear layer for cpu_mlp_forward, or None
+        where the compiled forward does not apply (no compiled module, a Fourier embedding,
+        parameters off the CPU, not contiguous or of mixed dtypes). Built once per placement."""
+        weight = self.net[0].weight
+        key = (weight.device, weight.dtype)
+        if getattr(self, "_compiled_key", None) != key:
+            self._compiled_key, self._compiled = key, None
+            linears = [m for m in self.net if isinstance(m, nn.Linear)]
+            usable = _core is not None and hasattr(_core, "cpu_mlp_forward") and self.embedding is None and all(
+                p.is_cpu and p.is_contiguous() and p.dtype is weight.dtype and p.dtype in (torch.float32, torch.float64)
+                for m in linears for p in (m.weight, m.bias))
+            if usable:
+                activation = _ACTIVATION_CODES[self._architecture["activation"]]
+                self._compiled = [(m.weight, m.bias, m.in_features, m.out_features,
+                                   _ACTIVATION_CODES["softplus"] if i == len(linears) - 1 else activation)
+                                  for i, m in enumerate(linears)]
+        return self._compiled
 
     def _plan(self) -> list:
         """(function, extra arguments) per layer for _inference, built once (weights are shared,
