@@ -199,8 +199,10 @@ def test_interpolation_at_the_learned_cost():
     runs = [Run("x", 100, 1e-2, 99, 0.0), Run("x", 200, 2.5e-3, 199, 0.0), Run("x", 400, 6.25e-4, 399, 0.0)]
     value, note = interpolate(runs, 141.42135623730951, 0.1)
     assert value == pytest.approx(5e-3, rel=1e-9) and note == ""
-    diverged = [Run("x", 150, math.inf, 149, 0.0)] + runs[1:]
+    # A run that diverged a third of the way through would have cost 3 x 50 = 150 evaluations.
+    diverged = [Run("x", 50, math.inf, 49, 0.0, planned_evaluations=150.0)] + runs[1:]
     assert interpolate(diverged, 120, 0.1) == (0.1, "diverged at this cost: the error exceeds 0.1")
+    assert interpolate(diverged, 160, 0.1)[1] == ""
 
 
 def test_evaluate_compares_at_equal_force_evaluations(tmp_path):

@@ -46,10 +46,12 @@ class Run:
     wall_per_step_s: float
     parameter: Optional[float] = None  # dt or eta of a sweep point
     recording: Optional[Recording] = field(default=None, repr=False)
+    planned_evaluations: Optional[float] = None  # a diverged run's cost had it gone on (else evaluations)
 
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.label, "evaluations": self.evaluations, "energy_error_max": self.energy_error_max,
-                "steps": self.steps, "wall_per_step_s": self.wall_per_step_s, "parameter": self.parameter}
+                "steps": self.steps, "wall_per_step_s": self.wall_per_step_s, "parameter": self.parameter,
+                "planned_evaluations": self.planned_evaluations}
 
 
 @dataclass
@@ -69,11 +71,15 @@ def _simulate(cfg: Config, checkpoint, systems: Systems, t_end, label: str, para
     recording = Recording(RECORDED_FRAMES) if record else None
     out = simulator.run(systems, t_end, recording)
     steps = int(out["steps"][0])
+    evaluations = int(out["evaluations"][0])
     error = float(out["energy_error_max"][0])
+    planned = float(evaluations)
     if bool(out["diverged"][0]) or bool(out["stalled"][0]) or not math.isfinite(error):
         error = math.inf
-    return Run(label, int(out["evaluations"][0]), error, steps, out["wall_time_s"] / max(steps, 1), parameter,
-               recording)
+        # It stopped where it diverged: its cost over the whole span, at the rate it was going.
+        reached = float(out["t"][0]) if math.isfinite(float(out["t"][0])) else 0.0
+        planned = evaluations * float(t_end[0]) / reached if reached > 0 else math.inf
+    return Run(label, evaluations, error, steps, out["wall_time_s"] / max(steps, 1), parameter, recording, planned)
 
 
 def interpolate(runs: list[Run], evaluations: float, bound: float) -> tuple[float, str]:
@@ -81,7 +87,8 @@ def interpolate(runs: list[Run], evaluations: float, bound: float) -> tuple[floa
     (extrapolated from the two nearest, and said so, when the sweep does not reach it). Where a
     run of at least this cost diverged, the error is only known to exceed `bound`: that is
     returned, and said."""
-    if any(not math.isfinite(r.energy_error_max) and r.evaluations >= evaluations for r in runs):
+    if any(not math.isfinite(r.energy_error_max) and (r.planned_evaluations or r.evaluations) >= evaluations
+           for r in runs):
         return bound, f"diverged at this cost: the error exceeds {bound:g}"
     points = sorted((r.evaluations, r.energy_error_max) for r in runs
                     if math.isfinite(r.energy_error_max) and r.energy_error_max > 0)
