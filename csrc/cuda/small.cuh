@@ -587,7 +587,7 @@ bool with_n(int64_t N, Launch&& launch) {
 
 // The largest N compiled for a precision. Float: every size up to 8. Double: each value takes
 // two registers, and at N = 8, D = 3 the step_backward kernel's ~7 * N * D live values would spill
-// (see NOTES.md), so larger double systems go to the grouped kernels instead.
+// (docs/cuda-kernels.md), so larger double systems go to the grouped kernels instead.
 template <typename T>
 constexpr int small_max_n() {
   return sizeof(T) == 4 ? 8 : 6;
