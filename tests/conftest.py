@@ -106,10 +106,6 @@ def pytest_runtest_logreport(report):
 # backends
 
 
-def triton_interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def _triton_importable() -> bool:
     try:
         import triton  # noqa: F401
@@ -138,8 +134,10 @@ def backend_skip_reason(backend: str) -> Optional[str]:
     if backend == "triton":
         if not _triton_importable():
             return "triton backend: the triton package is not installed"
-        if not torch.cuda.is_available() and not triton_interpreted():
-            return "triton backend: no GPU and TRITON_INTERPRET is not 1"
+        from aitimestepper.ops.triton import mode
+
+        if mode() is None:
+            return "triton backend: no GPU and TRITON_INTERPRET is not set"
         return None
     raise ValueError(f"unknown backend {backend!r}")
 
@@ -151,14 +149,18 @@ def require_backend(backend: str) -> None:
 
 
 def device_for(backend: str) -> torch.device:
-    """Where a backend's inputs live: CUDA for cuda (and triton with a GPU), else the CPU."""
-    if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()):
+    """Where a backend's inputs live: CUDA for cuda (and triton on a GPU), else the CPU."""
+    from aitimestepper.ops.triton import mode
+
+    if backend == "cuda" or (backend == "triton" and mode() == "gpu"):
         return torch.device("cuda")
     return torch.device("cpu")
 
 
 def is_interpreted(backend: str) -> bool:
-    return backend == "triton" and device_for(backend).type == "cpu"
+    from aitimestepper.ops.triton import mode
+
+    return backend == "triton" and mode() == "interpreter"
 
 
 def skip_if_too_large_for_interpreter(backend: str, N: int, batch_shape: Sequence[int] = ()) -> None:

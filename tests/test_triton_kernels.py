@@ -29,7 +29,7 @@ from aitimestepper.physics import TidalField, integrator_index, substep_weights 
 
 from conftest import assert_matches_reference  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DEVICE = "cuda" if tk.mode() == "gpu" else "cpu"
 
 
 def _skip_reason() -> str | None:

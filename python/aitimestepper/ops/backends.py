@@ -81,7 +81,9 @@ def _triton_importable() -> bool:
 
 
 def _triton_interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    from .triton import interpreter_requested
+
+    return interpreter_requested()
 
 
 @functools.lru_cache(maxsize=None)
