@@ -48,10 +48,8 @@ target was missed (1).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import gc
-import importlib
 import os
 import subprocess
 import sys
@@ -474,10 +472,13 @@ def run_rebound(case: Case, ctx: Context) -> list[Result]:
     sim.integrator = "leapfrog"
     sim.dt = 1e-3
     chunk = case.steps
-    if hasattr(sim, "steps"):
-        advance: Callable[[], None] = lambda: sim.steps(chunk)
-    else:  # older REBOUND: integrate to a time that is a whole number of fixed steps away
-        advance = lambda: sim.integrate(sim.t + chunk * sim.dt, exact_finish_time=0)
+
+    def advance() -> None:
+        if hasattr(sim, "steps"):
+            sim.steps(chunk)
+        else:  # older REBOUND: integrate to a time that is a whole number of fixed steps away
+            sim.integrate(sim.t + chunk * sim.dt, exact_finish_time=0)
+
     timing = ctx.measure(advance, device="cpu")
     metrics = _step_metrics(case, timing.median_s)
     notes = [f"REBOUND {rebound.__version__} leapfrog, gravity={sim.gravity}, fixed dt, one system, "

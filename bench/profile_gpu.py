@@ -1,5 +1,6 @@
 """Where the time of two GPU measurements goes, by kernel (torch.profiler): the energy-error
-backward at N = 64 (the Triton launch loop's VJP and boundary kernels) and one `step` call at N = 4, B = 2^20 (host time of the ops layer and launch vs the kernel).
+backward at N = 64 (the Triton launch loop's VJP and boundary kernels) and one `step` call at
+N = 4, B = 2^20 (host time of the ops layer and launch vs the kernel).
 
     python bench/profile_gpu.py [--out DIR] [--backends triton,cuda]
 
@@ -19,7 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 from aitimestepper import ops  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from bench_kernels import Case, make_state  # noqa: E402
+from bench_kernels import make_state  # noqa: E402
 
 
 def _energy_error_fn(s, backend: str, steps: int):
@@ -40,7 +41,6 @@ def _table(prof, rows: int = 14) -> str:
 
 
 def profile_backward(backend: str, N: int, B: int, steps: int, out: list[str]) -> None:
-    case = Case("energy_grad", backend, "float32", N=N, B=B, steps=steps, wrt="dt,state")
     s = make_state(B, N, 3, "float32", torch.device("cuda"), 0)
     with ops.unchecked():
         run = _energy_error_fn(s, backend, steps)

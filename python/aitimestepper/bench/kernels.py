@@ -109,10 +109,13 @@ def time_rebound(case: Case, min_run_time: float) -> Optional[dict]:
         sim.add(m=m, x=x[0], y=x[1], z=x[2], vx=v[0], vy=v[1], vz=v[2])
     sim.integrator = "leapfrog"
     sim.dt = 1e-3
-    if hasattr(sim, "steps"):
-        fn: Callable[[], None] = lambda: sim.steps(case.steps)
-    else:  # older REBOUND: integrate a whole number of fixed steps ahead
-        fn = lambda: sim.integrate(sim.t + case.steps * sim.dt, exact_finish_time=0)
+
+    def fn() -> None:
+        if hasattr(sim, "steps"):
+            sim.steps(case.steps)
+        else:  # older REBOUND: integrate a whole number of fixed steps ahead
+            sim.integrate(sim.t + case.steps * sim.dt, exact_finish_time=0)
+
     m = _measure(fn, min_run_time, f"{case.op} rebound")
     return {"median_s": m.median, "iqr_s": m.iqr, "runs": len(m.times), "B": 1,
             "note": f"REBOUND {rebound.__version__}, one system per call"}

@@ -23,16 +23,15 @@ from __future__ import annotations
 from ._api import (
     acceleration,
     angular_momentum,
-    available_backends,
-    build_info,
     kinetic_energy,
     linear_momentum,
     potential_energy,
     step,
     total_energy,
-    unchecked,
 )
+from .backends import available_backends, build_info
 from .bound import bind_acceleration, bind_carried_step
+from .validate import unchecked
 
 __all__ = [
     "acceleration",

@@ -10,7 +10,7 @@ import torch
 from ..errors import InputTypeError
 from ..physics.field import TidalField
 from . import custom, reference
-from .backends import available_backends, build_info, resolve
+from .backends import resolve
 from .validate import (
     check_backend,
     check_integrator,
@@ -18,7 +18,6 @@ from .validate import (
     check_steps,
     prepare,
     restore,
-    unchecked,
 )
 
 

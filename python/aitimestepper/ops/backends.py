@@ -9,7 +9,6 @@ not in this table: the public ops call ops/reference.py directly and let autogra
 from __future__ import annotations
 
 import functools
-import os
 from typing import Optional
 
 import torch

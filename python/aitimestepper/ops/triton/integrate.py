@@ -92,7 +92,8 @@ def _boundary_vjp_small_kernel(x_ptr, v_ptr, a_ptr, mass_ptr, dt_ptr, gx_ptr, gv
     rounds differently, within the tolerance both are held to). No source reads gx, so each
     program adds its VJP to its own bodies' gx at the end, reloading the old gx rather than
     holding it through the sweep: the sweep is the plain small-system VJP's, at about half the
-    registers of a sweep that reads the old gx and gv and forms w per source. A program touches only its own system, so programs never race."""
+    registers of a sweep that reads the old gx and gv and forms w per source. A program touches
+    only its own system, so programs never race."""
     DTYPE = gx_ptr.dtype.element_ty
     G, eps2, gm, R = launch_constants(G_in, eps2_in, gm_in, rx, ry, rz, DTYPE)
     c = tl.full([], c_in, DTYPE)
