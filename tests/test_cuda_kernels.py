@@ -25,8 +25,6 @@ from aitimestepper.ops import reference as ref
 from aitimestepper.physics import TidalField, integrator_index
 from conftest import assert_matches_reference, require_backend
 
-pytestmark = pytest.mark.gpu
-
 F64 = torch.float64
 DTYPES = pytest.mark.parametrize("dtype", [torch.float32, F64], ids=["float32", "float64"])
 DIMS = pytest.mark.parametrize("D", [2, 3], ids=["D2", "D3"])
@@ -226,6 +224,7 @@ def _check_forces(core, B, N, D, dtype, physics, seed, sample=None):
         assert_matches_reference(value[sel], e, r, what=f"{name} N={N} B={B} D={D} {physics}")
 
 
+@pytest.mark.gpu
 @DTYPES
 @DIMS
 @pytest.mark.parametrize("physics", list(PHYSICS))
@@ -234,6 +233,7 @@ def test_forces_match_reference(N, B, D, dtype, physics):
     _check_forces(_core(), B, N, D, dtype, physics, seed=100 + N + B)
 
 
+@pytest.mark.gpu
 @DTYPES
 def test_forces_of_many_systems(dtype):
     """5000 systems of 1000 bodies (tiled, no j split): sampled systems against the reference."""
@@ -242,6 +242,7 @@ def test_forces_of_many_systems(dtype):
     _check_forces(core, 5000, 1000, 3, dtype, "soft+tidal", seed=11, sample=sample)
 
 
+@pytest.mark.gpu
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype, D, physics", [(torch.float32, 3, "plain"), (F64, 3, "soft+tidal"),
                                                (torch.float32, 2, "soft+tidal")])
@@ -280,6 +281,7 @@ STEP_CASES = [  # (N, B, steps, integrator)
 ]
 
 
+@pytest.mark.gpu
 @DTYPES
 @DIMS
 @pytest.mark.parametrize("N, B, steps, integrator", STEP_CASES,
@@ -325,6 +327,7 @@ def test_step_and_backward_match_reference(N, B, steps, integrator, D, dtype):
 # ---------------------------------------------------------------------------------------------
 # determinism, streams, errors
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("N, B", [(4096, 1), (1025, 3), (64, 300)])
 def test_repeated_calls_are_bitwise_equal(N, B):
     core = _core()
@@ -335,6 +338,7 @@ def test_repeated_calls_are_bitwise_equal(N, B):
     assert torch.equal(k_potential(core, pos, mass, phys), k_potential(core, pos, mass, phys))
 
 
+@pytest.mark.gpu
 def test_a_non_default_stream_gives_the_same_step():
     core = _core()
     pos, vel, mass, _ = _system(300, 4, 3, seed=12)
@@ -350,6 +354,7 @@ def test_a_non_default_stream_gives_the_same_step():
     assert torch.equal(main_pos, side_pos)
 
 
+@pytest.mark.gpu
 def test_a_bad_integrator_index_raises_instead_of_launching():
     core = _core()
     with pytest.raises((ValueError, RuntimeError)):
