@@ -23,11 +23,13 @@ except ImportError:  # a source checkout that is not installed: use its python/ 
 
 import torch
 
-import aitimestepper
-from aitimestepper.bench import harness as h
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness as h  # noqa: E402
+
+import aitimestepper  # noqa: E402
 from aitimestepper.config import Config
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "local"  # ignored by git: merge rows into <machine>.jsonl
 DEFAULT_NET = [200, 1000, 1000, 200]
 SMALL_NET = [64, 64]
 

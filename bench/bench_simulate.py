@@ -2,7 +2,7 @@
 """Simulation speed with the learned dt (`--integrator-mode ml`): time per step, timed in
 alternating rounds with the network's own forward on the same batch, single system and 1024
 systems batched, on each backend (`reference` beside the compiled one). Rows go to
-bench/results/simulate.jsonl with provenance.
+bench/results/local/simulate.jsonl with provenance.
 
 Targets (issue 4, 2-core machine): single system, default network (the issue's reference
 figures, 1.8 ms per step of which 0.3 ms forward, are for it): a step costs at most 1.3x the

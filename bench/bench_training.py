@@ -3,7 +3,7 @@
 Part 1 runs it on a failing state) and one Part 2 iteration, each timed in alternating rounds with
 its baseline (the network's own forward + backward + Adam, or the single-sample retrain
 iteration), on each backend (`reference` beside the compiled one). Rows go to
-bench/results/training.jsonl with provenance.
+bench/results/local/training.jsonl with provenance.
 
 Targets (issue 4, 2-core machine): default network, single orbit: iteration <= 1.25x network
 only; small network [64, 64], N = 3, n_steps 10: <= 1 ms beyond the network only, and 64

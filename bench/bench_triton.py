@@ -1,13 +1,13 @@
 """Throughput of the Triton kernels: pair interactions per second for the all-pairs kernels and
 system-steps per second for the fused integrator, beside the PyTorch reference in the same run.
 
-    python bench/bench_triton.py [--quick] [--out bench/results/triton.jsonl] [--only NAME ...]
+    python bench/bench_triton.py [--quick] [--out bench/results/local/triton.jsonl] [--only NAME ...]
 
-Timing, provenance and the row schema come from the shared harness
-(python/aitimestepper/bench/harness.py): warm-up calls (which also compile and autotune), device
-synchronization, median and spread over repeats. Pair interactions count all N^2 (i, j) slots
-per system, self pairs included, as all-pairs N-body codes usually do; GFLOP/s uses 20 flops per
-interaction (STYLE.md). The targets are those of the Triton backend's brief (H200, float32).
+Timing, provenance and the row schema come from the repository's one harness (bench/harness.py):
+warm-up calls (which also compile and autotune), device synchronization, median and spread over
+repeats. Pair interactions count ordered pairs i != j, N (N - 1) per system and force
+evaluation, as bench/bench_kernels.py does; GFLOP/s uses 20 flops per interaction. The targets
+are those the Triton backend was built to (float32, on a 132-SM GPU).
 --quick shrinks every size so that the script runs under TRITON_INTERPRET=1 on a CPU.
 """
 from __future__ import annotations
@@ -20,17 +20,18 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from aitimestepper.bench import harness as h  # noqa: E402
+import harness as h  # noqa: E402
 from aitimestepper.ops import reference  # noqa: E402
 from aitimestepper.ops import triton as tk  # noqa: E402
 from aitimestepper.ops.triton import fused, pairwise  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 PHYSICS = (1.0, 0.01, 0.0, 0.0, 0.0, 0.0)  # G, softening, no field
-TARGETS = {  # measurement name -> the brief's goal on an H200 in float32
+TARGETS = {  # measurement name -> the goal in float32
     "acceleration": h.Target("Triton acceleration, N = 131072", ">=", 1.2e12, "pair interactions/s"),
     "step_n4": h.Target("Triton fused step, N = 4, B = 2^20, 100 steps", ">=", 8e10, "system-steps/s"),
     "step_n64": h.Target("Triton fused step, N = 64, B = 16384", ">=", 3e8, "system-steps/s"),
@@ -61,7 +62,7 @@ def bench_pairwise(kind, B, N, D, dtype, repeats):
         "vjp": lambda: tk.acceleration_vjp(pos, mass, vel, out, PHYSICS),
     }[kind]
     r = timeit(fn, repeats)
-    rate = B * N * N / r["timing"].median_s
+    rate = B * N * (N - 1) / r["timing"].median_s
     r["metrics"] = {"pair_interactions_per_s": rate, "gflops_at_20": 20 * rate / 1e9}
     r["primary"] = "pair_interactions_per_s"
     tuned = {"acceleration": "_acceleration_tuned", "potential": "_potential_tuned", "vjp": "_vjp_tuned"}[kind]
@@ -83,7 +84,7 @@ def bench_pairwise_configs(B, N, D, dtype, repeats):
             pairwise._acceleration_kernel[(B, -(-N // bi))](pos, mass, out, N, *phys.scalars(), D=D,
                                                             HAS_FIELD=False, BLOCK_I=bi, BLOCK_J=bj, num_warps=w)
 
-        rows[f"{bi}x{bj}w{w}"] = B * N * N / timeit(run, repeats)["timing"].median_s
+        rows[f"{bi}x{bj}w{w}"] = B * N * (N - 1) / timeit(run, repeats)["timing"].median_s
     best = max(rows, key=rows.get)
     return {"metrics": {"pair_interactions_per_s": rows[best], **{f"rate_{k}": v for k, v in rows.items()}},
             "primary": "pair_interactions_per_s", "notes": [f"best tile {best}"]}
@@ -110,7 +111,7 @@ def bench_step(B, N, D, dtype, steps, integrator, repeats, layout=None, trajecto
     r = timeit(fn, repeats)
     t = r["timing"].median_s
     r["metrics"] = {"system_steps_per_s": B * steps / t,
-                    "pair_interactions_per_s": B * steps * (3 if index else 1) * N * N / t}
+                    "pair_interactions_per_s": B * steps * (3 if index else 1) * N * (N - 1) / t}
     r["primary"] = "system_steps_per_s"
     r["notes"] = [f"layout (UNROLL, N_PAD, BLOCK_B, num_warps) = {layout}" if layout else "default layout"]
     return r
@@ -178,7 +179,7 @@ def plan(quick: bool):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (for the interpreter)")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "triton.jsonl"))
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "local" / "triton.jsonl"))
     parser.add_argument("--only", nargs="*", help="names of the measurements to run")
     args = parser.parse_args()
     ok, reason = tk.available()

@@ -1,6 +1,6 @@
 """Where the time of two GPU measurements goes, by kernel (torch.profiler): the energy-error
-backward at N = 64 (the Triton launch loop's VJP and boundary kernels against the fused adjoint)
-and one `step` call at N = 4, B = 2^20 (host time of the ops layer and launch vs the kernel).
+backward at N = 64 (the Triton launch loop's VJP and boundary kernels) and one `step` call at
+N = 4, B = 2^20 (host time of the ops layer and launch vs the kernel).
 
     python bench/profile_gpu.py [--out DIR] [--backends triton,cuda]
 
@@ -17,8 +17,10 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from aitimestepper import ops
-from aitimestepper.bench.kernels import Case, make_state, selected_variant
+from aitimestepper import ops  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from bench_kernels import make_state  # noqa: E402
 
 
 def _energy_error_fn(s, backend: str, steps: int):
@@ -38,10 +40,9 @@ def _table(prof, rows: int = 14) -> str:
     return prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=60)
 
 
-def profile_backward(backend: str, variant: str, N: int, B: int, steps: int, out: list[str]) -> None:
-    case = Case("energy_grad", backend, "float32", N=N, B=B, steps=steps, wrt="dt,state", variant=variant)
+def profile_backward(backend: str, N: int, B: int, steps: int, out: list[str]) -> None:
     s = make_state(B, N, 3, "float32", torch.device("cuda"), 0)
-    with selected_variant(case), ops.unchecked():
+    with ops.unchecked():
         run = _energy_error_fn(s, backend, steps)
         for _ in range(3):  # compile, autotune, warm
             run().backward()
@@ -53,7 +54,7 @@ def profile_backward(backend: str, variant: str, N: int, B: int, steps: int, out
             loss.backward()
             torch.cuda.synchronize()
         wall = time.perf_counter() - t0
-    out.append(f"\n## backward {backend} [{variant or 'default'}] N={N} B={B} steps={steps}: "
+    out.append(f"\n## backward {backend} N={N} B={B} steps={steps}: "
                f"{wall * 1e3:.2f} ms wall under the profiler\n{_table(prof)}")
 
 
@@ -92,13 +93,11 @@ def main() -> int:
             profile_one_step(backend, out)
         except Exception as exc:  # a diagnostic: report and go on
             out.append(f"\n## one step {backend}: failed: {exc!r}")
-    variants = {"triton": ("", "tiled-vjp"), "cuda": ("",)}
     for backend in backends:
-        for variant in variants.get(backend, ("",)):
-            try:
-                profile_backward(backend, variant, 64, 16384, 10, out)
-            except Exception as exc:  # a diagnostic: report and go on
-                out.append(f"\n## backward {backend} [{variant}]: failed: {exc!r}")
+        try:
+            profile_backward(backend, 64, 16384, 10, out)
+        except Exception as exc:  # a diagnostic: report and go on
+            out.append(f"\n## backward {backend}: failed: {exc!r}")
     text = "\n".join(out)
     print(text)
     if args.out:

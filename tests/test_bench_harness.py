@@ -1,12 +1,21 @@
-"""The benchmark harness records what it measured: structure and bookkeeping, never speed."""
+"""The benchmarks record what they measured: structure and bookkeeping, never speed.
+
+The repository's tuning harness (bench/harness.py, bench/bench_kernels.py) and the installed
+package's quick table behind `aitimestepper bench` (aitimestepper.bench.kernels)."""
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
-from aitimestepper.bench import harness as h
-from aitimestepper.bench import kernels
+from aitimestepper.bench import kernels as quick
+from aitimestepper.cli import main as cli_main
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import bench_kernels as kernels  # noqa: E402
+import harness as h  # noqa: E402
 
 
 def test_measure_counts_calls_and_orders_quantiles():
@@ -76,34 +85,50 @@ def test_plans_name_the_target_sizes():
     assert all(c.N <= 16384 for c in gpu if c.kind == "acceleration" and c.backend == "reference")
 
 
-def test_cuda_scalar_io_variant_switches_the_slab_io_and_is_reported(monkeypatch):
-    # The small CUDA kernels' 16-byte slab IO is timed against its scalar baseline in one run:
-    # the variant sets AITS_CUDA_SLAB_IO for the case only, and the one-step target's note shows it.
-    import os
-
-    monkeypatch.delenv("AITS_CUDA_SLAB_IO", raising=False)
-    case = next(c for c in kernels.gpu_plan(quick=False, dry=False)
-                if c.kind == "step1" and c.backend == "cuda" and c.variant == "scalar-io")
-    with kernels.selected_variant(case):
-        assert os.environ.get("AITS_CUDA_SLAB_IO") == "scalar"
-    assert "AITS_CUDA_SLAB_IO" not in os.environ
-    monkeypatch.setenv("AITS_CUDA_SLAB_IO", "vector")
-    with kernels.selected_variant(case):
-        assert os.environ["AITS_CUDA_SLAB_IO"] == "scalar"
-    assert os.environ["AITS_CUDA_SLAB_IO"] == "vector"
-
-    def row(variant, fraction):
-        params = dict(device="cuda", dtype="float32", N=4, B=case.B, D=3, threads=None, steps=1,
+def test_gpu_targets_read_the_default_rows():
+    def row(fraction):
+        params = dict(device="cuda", dtype="float32", N=4, B=2**20, D=3, threads=None, steps=1,
                       integrator="leapfrog", checked=False, raw=False)
-        if variant:
-            params["variant"] = variant
         return {"case": "step1", "backend": "cuda", "params": params, "timing": {"median_s": 1.0},
                 "metrics": {"bytes_per_s": fraction * 4e12, "copy_bytes_per_s": 4e12,
                             "fraction_of_copy": fraction}}
 
-    targets = kernels.gpu_targets([row(None, 0.8), row("scalar-io", 0.72)], quick=False, dry=False)
+    targets = kernels.gpu_targets([row(0.8)], quick=False, dry=False)
     one_step = next(t for t in targets if t["name"].startswith("one step cuda"))
-    assert one_step["status"] == "PASS" and "scalar-io 0.72" in one_step["note"]
+    assert one_step["status"] == "PASS" and one_step["achieved"] == pytest.approx(0.8)
+    missing = next(t for t in targets if t["name"].startswith("one step triton"))
+    assert missing["status"] == "N/A"
+
+
+def test_quick_bench_prints_only_unless_given_a_path(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = ["bench", "--quick", "--backends", "reference", "--min-run-time", "0.01", "--device", "cpu"]
+    assert cli_main(argv) == 0
+    out = capsys.readouterr().out
+    assert "N (N - 1)" in out and "acceleration" in out and "reference" in out
+    assert list(tmp_path.iterdir()) == [], "without --output nothing is written"
+
+    target = tmp_path / "sub" / "rows.jsonl"
+    assert cli_main(argv + ["--output", str(target)]) == 0
+    assert list(tmp_path.iterdir()) == [tmp_path / "sub"]
+    rows = [json.loads(line) for line in target.read_text().splitlines()]
+    assert {r["op"] for r in rows} == {"acceleration", "step"}
+    for r in rows:
+        assert r["backend"] in ("reference", "rebound")
+        assert r["median_s"] > 0 and r["pair_interactions_per_s"] > 0
+        assert {"device_name", "versions", "build_info"} <= set(r["machine"])
+        assert r["pair_convention"] == quick.PAIR_CONVENTION
+
+
+def test_quick_bench_counts_ordered_pairs():
+    rates = quick._rates(quick.Case("step", N=4, B=10, steps=3), seconds=2.0)
+    assert rates["pair_interactions_per_s"] == 10 * 4 * 3 * 3 / 2.0
+    assert rates["system_steps_per_s"] == 10 * 3 / 2.0
+
+
+def test_quick_bench_rejects_an_unavailable_backend(capsys):
+    assert quick.main(["--backends", "nonesuch", "--device", "cpu"]) == 2
+    assert "nonesuch" in capsys.readouterr().err
 
 
 def test_test_timing_summary_names_the_slow_and_the_unfinished(tmp_path):

@@ -1,17 +1,15 @@
 """What the build says about itself: build_info(), backends(), the compiled module, `aitimestepper info`."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 
-import pytest
 import torch
 
 import aitimestepper
 from aitimestepper.ops import backends as backend_table
-from conftest import backend_skip_reason, require_backend
+from conftest import backend_skip_reason, device_for, require_backend
 
 CORE_KEYS = {"version", "compiler", "openmp", "openmp_max_threads", "cuda", "cuda_runtime_version", "cuda_architectures"}
 
@@ -65,17 +63,16 @@ def test_every_listed_backend_runs():
     pos = torch.tensor([[-0.5, 0.0], [0.5, 0.0]], dtype=torch.float64)
     mass = torch.ones(2, dtype=torch.float64)
     for name in aitimestepper.backends():
-        device = "cuda" if name == "cuda" or (name == "triton" and torch.cuda.is_available()) else "cpu"
+        device = device_for(name)
         acc = aitimestepper.ops.acceleration(pos.to(device), mass.to(device), backend=name).cpu()
         torch.testing.assert_close(acc, torch.tensor([[1.0, 0.0], [-1.0, 0.0]], dtype=torch.float64), rtol=1e-15, atol=0.0)
 
 
 def test_cli_info_prints_the_build_info():
-    if importlib.util.find_spec("aitimestepper.cli") is None:
-        pytest.skip("aitimestepper.cli does not exist yet")
     # The child inherits this environment (PYTHONPATH, TRITON_INTERPRET), so it sees the same package.
     result = subprocess.run([sys.executable, "-m", "aitimestepper", "info"], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
     printed = json.loads(result.stdout)
     assert printed == json.loads(json.dumps(aitimestepper.build_info(), default=str))
+

@@ -1,6 +1,6 @@
 """Gradients of the ops: finite differences, autograd through the reference, opcheck, memory.
 
-Twice, as STYLE.md asks: `torch.autograd.gradcheck` in float64 on tiny systems (the backward
+Twice: `torch.autograd.gradcheck` in float64 on tiny systems (the backward
 kernels against finite differences of the forward kernels), and the compiled backward kernels
 against autograd through ops/reference.py at a realistic size (N = 64, B = 8, 10 steps) under
 the tolerance policy. Then the path the training takes (dr/ddt for r = |E1 - E0| / |E0|), what

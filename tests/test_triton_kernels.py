@@ -29,7 +29,7 @@ from aitimestepper.physics import TidalField, integrator_index, substep_weights 
 
 from conftest import assert_matches_reference  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DEVICE = "cuda" if tk.mode() == "gpu" else "cpu"
 
 
 def _skip_reason() -> str | None:
@@ -180,8 +180,8 @@ def _gpu_tiles() -> list[tuple[int, int, int]]:
     return [(c.kwargs["BLOCK_I"], c.kwargs["BLOCK_J"], c.num_warps) for c in pairwise._GPU_CONFIGS]
 
 
-# One test per tile and dtype: each compiles its own kernels (6-40 s apiece on the H200 machine,
-# beside 13 other compiling workers); as one test per dtype they held a worker for 74 s and 51 s.
+# One test per tile and dtype: each compiles its own kernels (seconds to tens of seconds apiece),
+# so parallel workers can share them out.
 @pytest.mark.compiles
 @pytest.mark.parametrize("tile", _gpu_tiles(), ids=lambda tile: "{}x{}-{}w".format(*tile))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
@@ -242,23 +242,6 @@ def test_autotuned_launches(monkeypatch):
     _check("autotuned acceleration_vjp", vjp, _reference_vjp(pos, mass, vel, kw),
            _reference_vjp(x.cpu(), m.cpu(), g.cpu(), kw))
     assert torch.equal(out, start + vjp), "the tuning runs of the accumulating VJP changed out"
-
-
-@pytest.mark.parametrize("N", [45, 70], ids=["small-system-kernel", "all-pairs-kernel"])
-def test_acceleration_vjp_fma_accumulation(monkeypatch, N):
-    """pairwise.VJP_FMA_ACCUMULATE sums the pair terms with two FMAs per coordinate: a different
-    rounding of the same formula, held to the reference like the default."""
-    from aitimestepper.ops.triton import pairwise
-
-    monkeypatch.setattr(pairwise, "VJP_FMA_ACCUMULATE", True)
-    pos, vel, mass, _ = _system(2, N, 3, seed=12)
-    field = _field(True, 3)
-    kw = dict(G=0.7, softening=0.05, field=field)
-    for dtype in (torch.float64, torch.float32):
-        x, m, g = _on(dtype, pos, mass, vel)
-        out = torch.empty_like(x)
-        pairwise.acceleration_vjp(x, m, g, out, _physics(0.7, 0.05, field, 3))
-        _check("acceleration_vjp", out, _reference_vjp(pos, mass, vel, kw), _reference_vjp(x.cpu(), m.cpu(), g.cpu(), kw))
 
 
 # ------------------------------------------------------------------------------------------
@@ -349,50 +332,17 @@ def test_step_backward(N, D, dtype, integrator, steps, softening, with_field, B)
         _check(name, value, e, r)
 
 
-# The float32 adjoint is fused up to FUSED_MAX_N = 32 bodies by default (registers of the
-# [N_PAD, N_PAD] VJP block); the benchmark's "fused-adjoint-64" variant raises it to 64 to time
-# the fused tile against the launch loop, so that path is checked here too (GPU only: an
-# interpreted N = 64 adjoint tile is too slow for CI).
-@pytest.mark.parametrize("N, with_field", [(40, True), (64, False)])
-def test_fused_adjoint_up_to_64_bodies(monkeypatch, N, with_field):
-    from aitimestepper.ops.triton import fused
-
-    if DEVICE == "cpu":
-        pytest.skip("the interpreted N = 64 adjoint tile takes minutes; runs on a GPU")
-    monkeypatch.setitem(fused.FUSED_MAX_N, (torch.float32, True), 64)
-    assert fused.can_fuse(N, torch.float32, adjoint=True)
-    D, steps, integrator, softening = 3, 3, "yoshida4", 0.05
-    pos, vel, mass, dt = _system(3, N, D, seed=8)
-    gen = torch.Generator().manual_seed(9)
-    grad_pos = torch.randn(pos.shape, generator=gen, dtype=torch.float64)
-    grad_vel = torch.randn(pos.shape, generator=gen, dtype=torch.float64)
-    field = _field(with_field, D)
-    kw = dict(G=1.0, softening=softening, field=field)
-    tensors = _on(torch.float32, pos, vel, mass, dt, grad_pos, grad_vel)
-    got = _run_step_backward(*tensors, steps, integrator, _physics(1.0, softening, field, D))
-    exact = _reference_gradients(pos, vel, mass, dt, grad_pos, grad_vel, steps, integrator, kw)
-    ref32 = _reference_gradients(*(t.cpu() for t in tensors), steps, integrator, kw)
-    for name, value, e, r in zip(("grad pos", "grad vel", "grad dt"), got, exact, ref32):
-        _check(name, value, e, r)
+# The unrolled layout (N <= fused.UNROLL_MAX_N) moves each state as one tile of whole rows,
+# split into per-system vectors in registers: B crosses BLOCK_B (16 interpreted, 128 on a GPU)
+# with a partial last block, so the masked rows of the last tile are exercised. Each (N, D) once,
+# the dtype alternating, so every N and every D meets both dtypes.
+UNROLLED_CASES = [pytest.param(N, D, dtype, id=f"N{N}-D{D}-{str(dtype)[6:]}")
+                  for N in (2, 3, 4) for D in (2, 3)
+                  for dtype in [torch.float64 if (N + D) % 2 == 0 else torch.float32]]
 
 
-# The memory paths of the unrolled layout (fused.COALESCED_IO): whole-row tiles transposed in
-# registers, 16-byte row pieces, one scalar access per value. Only the memory access differs, so
-# the results must be equal (bitwise, but for the adjoint's rounding on a GPU: see below); B
-# crosses BLOCK_B (16 interpreted, 128 on a GPU) with a partial last block.
-# Each (N, D) once, the dtype alternating, so every N and every D meets both dtypes. This test
-# compiles six kernels per case that no other test uses (the two non-default paths, with and
-# without a trajectory, and their adjoint): with all 12 (N, D, dtype) it held 200 of the 417 s
-# that compiling every Triton variant of the GPU test subset took (sm_90, offline, one core of
-# the CI machine; the scalar path's N = 4, D = 3 adjoint alone 11 s).
-IO_CASES = [pytest.param(N, D, dtype, id=f"N{N}-D{D}-{str(dtype)[6:]}")
-            for N in (2, 3, 4) for D in (2, 3)
-            for dtype in [torch.float64 if (N + D) % 2 == 0 else torch.float32]]
-
-
-@pytest.mark.compiles
-@pytest.mark.parametrize("N, D, dtype", IO_CASES)
-def test_io_modes_give_the_same_results(monkeypatch, N, D, dtype):
+@pytest.mark.parametrize("N, D, dtype", UNROLLED_CASES)
+def test_unrolled_layout_with_a_partial_last_block(N, D, dtype):
     from aitimestepper.ops.triton import fused
 
     assert N <= fused.UNROLL_MAX_N, "these cases are meant for the unrolled layout"
@@ -408,68 +358,32 @@ def test_io_modes_give_the_same_results(monkeypatch, N, D, dtype):
     physics = _physics(1.0, softening, field, D)
     x, v, m, d, gp, gv = _on(dtype, pos, vel, mass, dt, grad_pos, grad_vel)
 
-    results = {}
-    for mode in ("scalar", "tile", "vector"):
-        monkeypatch.setattr(fused, "COALESCED_IO", mode)
-        with_traj = _run_step(x, v, m, d, steps, integrator, physics, with_trajectory=True)
-        plain = _run_step(x, v, m, d, steps, integrator, physics, with_trajectory=False)[:2]
-        grads = _run_step_backward(x, v, m, d, gp, gv, steps, integrator, physics)
-        results[mode] = (*with_traj, *plain, *grads)
-    # The forward is bitwise the same on every path (checked on an H200 once the tidal terms
-    # were written as explicit FMAs). The adjoint's last bits are not, on a GPU: LLVM contracts
-    # some of its multiply-adds differently when the loads around them change (H200, D = 3 with
-    # the tidal field: grad pos differed by rounding while the forward matched), so there the
-    # gradients must agree to rounding, and all paths are held to the reference below.
-    names = ("pos", "vel", "trajectory", "pos without trajectory", "vel without trajectory",
-             "grad pos", "grad vel", "grad dt")
-    for mode in ("tile", "vector"):
-        for name, new, old in zip(names, results[mode], results["scalar"]):
-            if name.startswith("grad") and DEVICE == "cuda":
-                rtol = 1e-13 if dtype == torch.float64 else 1e-5
-                torch.testing.assert_close(new, old, rtol=rtol, atol=rtol * old.abs().max().item(),
-                                           msg=lambda m: f"{name}: {mode} vs scalar path: {m}")
-            else:
-                assert torch.equal(new, old), f"{name}: the {mode} and scalar memory paths differ"
-
-    out_pos, out_vel, traj, plain_pos, plain_vel, *grads = results["tile"]
+    out_pos, out_vel, traj = _run_step(x, v, m, d, steps, integrator, physics, with_trajectory=True)
+    plain_pos, plain_vel, _ = _run_step(x, v, m, d, steps, integrator, physics, with_trajectory=False)
     assert torch.equal(plain_pos, out_pos) and torch.equal(plain_vel, out_vel)
     ref32 = _reference_trajectory(x.cpu(), v.cpu(), m.cpu(), d.cpu(), steps, integrator, kw)
     _check("trajectory", traj, _reference_trajectory(pos, vel, mass, dt, steps, integrator, kw), ref32)
+    grads = _run_step_backward(x, v, m, d, gp, gv, steps, integrator, physics)
     exact = _reference_gradients(pos, vel, mass, dt, grad_pos, grad_vel, steps, integrator, kw)
     grads32 = _reference_gradients(x.cpu(), v.cpu(), m.cpu(), d.cpu(), gp.cpu(), gv.cpu(), steps, integrator, kw)
     for name, value, e, r in zip(("grad pos", "grad vel", "grad dt"), grads, exact, grads32):
         _check(name, value, e, r)
 
 
-def test_io_mode_switch(monkeypatch):
-    from aitimestepper.ops.triton import fused
-
-    for value, mode in ((True, "tile"), (False, "scalar"), ("vector", "vector")):
-        monkeypatch.setattr(fused, "COALESCED_IO", value)
-        assert fused._io_mode(unroll=True) == fused.IO_MODES[mode]
-        assert fused._io_mode(unroll=False) == 0, "the tile layout has one memory path"
-    monkeypatch.setattr(fused, "COALESCED_IO", "coalesced")
-    with pytest.raises(ValueError, match=r"fused.COALESCED_IO must be one of \['scalar', 'tile', 'vector'\].*'coalesced'"):
-        fused._io_mode(unroll=True)
-
-
 @pytest.mark.parametrize("integrator", ["leapfrog", "yoshida4"])
-@pytest.mark.parametrize("boundary", ["kernel", "torch-ops", "in-vjp", "in-vjp-fma", "in-vjp-2x1w", "in-vjp-2x1w-fma"])
+@pytest.mark.parametrize("boundary", ["in-small-vjp", "boundary-kernel"])
 def test_launch_loop_matches(monkeypatch, integrator, boundary):
     """Above fused.FUSED_MAX_N the integrator runs as one pairwise launch per force evaluation
     (test_step covers it too where N = 64 or 17 passes a float64 or adjoint limit); force that
-    path at N = 5 and 17 and hold it to the same reference, with the adjoint's per-boundary work
-    as one kernel, as the torch ops it replaced (integrate.FUSED_BOUNDARY), and folded into the
-    small-system VJP (integrate.BOUNDARY_IN_VJP), whose pair sums come in both forms
-    (pairwise.VJP_FMA_ACCUMULATE) and whose sources come in chunks of 2 as well as the default
-    (pairwise.SMALL_VJP_TILE)."""
-    from aitimestepper.ops.triton import fused, integrate, pairwise
+    path at N = 5 and 17 by lowering the dispatch limits, and hold it to the same reference. The
+    adjoint's per-boundary work is folded into the small-system VJP up to
+    pairwise.SMALL_VJP_MAX_N bodies and a kernel of its own beside the all-pairs VJP above; the
+    limit at 0 takes the second path at these sizes."""
+    from aitimestepper.ops.triton import fused, pairwise
 
     monkeypatch.setattr(fused, "FUSED_MAX_N", {key: 4 for key in fused.FUSED_MAX_N})
-    monkeypatch.setattr(integrate, "FUSED_BOUNDARY", boundary != "torch-ops")
-    monkeypatch.setattr(integrate, "BOUNDARY_IN_VJP", boundary.startswith("in-vjp"))
-    monkeypatch.setattr(pairwise, "VJP_FMA_ACCUMULATE", boundary.endswith("fma"))
-    monkeypatch.setattr(pairwise, "SMALL_VJP_TILE", (2, 1) if "2x1w" in boundary else None)
+    if boundary == "boundary-kernel":
+        monkeypatch.setattr(pairwise, "SMALL_VJP_MAX_N", 0)
     for N, D, field, dtype in ((5, 3, _field(True, 3), torch.float64), (17, 2, None, torch.float32)):
         pos, vel, mass, dt = _system(3, N, D, seed=3)
         gen = torch.Generator().manual_seed(4)

@@ -1,4 +1,4 @@
-// The network's state features (SPEC.md section 4) in one compiled pass: the `basic` (11) and
+// The network's state features in one compiled pass: the `basic` (11) and
 // `rich` (23) blocks of python/aitimestepper/features.py, whose PyTorch formula
 // (Featurizer.state_block_reference) is the float64 reference these values are tested against.
 #pragma once

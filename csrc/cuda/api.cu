@@ -1,7 +1,7 @@
 // The aits::cuda entry points declared in kernels.h: argument checks the Python layer cannot
 // make for us (D, integrator, steps), the float/double x D dispatch, and the choice of regime.
 //
-// Regimes (see common.cuh and NOTES.md):
+// Regimes (see common.cuh and docs/cuda-kernels.md):
 //   N <= Small::max_n()                 one thread per system (fastest for tiny systems);
 //   N <= 64, or N <= 256 with many      one thread per body, system in shared memory;
 //     systems (B >= 2 x SMs)

@@ -148,8 +148,8 @@ const DeviceFacts& current_device();
 
 // A kernel switch from the environment (runtime.cu): the index in `allowed` of variable `name`'s
 // value, 0 (the default) when it is unset or empty; any other value throws std::runtime_error
-// naming the variable, the value and the allowed ones. Callers read it at every launch, so tests
-// and benchmarks can compare kernels in one process.
+// naming the variable, the value and the allowed ones. Callers read it once per process (a
+// function-local static), not per launch.
 int env_choice(const char* name, std::initializer_list<const char*> allowed);
 
 // Stream-ordered scratch memory from a private pool (runtime.cu): allocation is cheap once the

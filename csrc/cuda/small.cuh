@@ -69,7 +69,7 @@ struct Packed<double, 2> {
 // `smem` (kWords values); write() is the reverse of both. Rows of the systems past nsys read
 // zeros.
 //
-// Vector = false (scalar): thread t moves elements t, t + kThreads, ... of the slab (coalesced
+// Vector = false (scalar; the fallback for inputs that vector_io() rejects): thread t moves elements t, t + kThreads, ... of the slab (coalesced
 // 4/8-byte accesses); in shared memory rows have the odd stride C | 1, so both the element side
 // and the row side are conflict-free.
 //
@@ -532,16 +532,14 @@ __global__ void __launch_bounds__(kThreads)
 
 inline unsigned blocks_for(int64_t B) { return grid_size(ceil_div(B, kThreads), "small kernels"); }
 
-// AITS_CUDA_SLAB_IO: "vector" (default) or "scalar", the Slab instantiation a launch uses; both
-// give bitwise the same results ("scalar" is the benchmark's baseline). Vector IO also needs
-// every slab 16-byte aligned: the tensors' bases (torch's allocations are; a view at an odd
-// offset may not be) and, with a trajectory, its [s, k] slabs of B * N * D values each; and the
-// last block must hold a whole vector of its smallest slab (masses: not so when it has one
-// float system of N < 4).
+// Whether a launch can take the vector Slab instantiation. It needs every slab 16-byte aligned:
+// the tensors' bases (torch's allocations are; a view at an odd offset may not be) and, with a
+// trajectory, its [s, k] slabs of B * N * D values each; and the last block must hold a whole
+// vector of its smallest slab (masses: not so when it has one float system of N < 4). Otherwise
+// the scalar instantiation runs: the same values, one element per access.
 template <typename T, typename... Ptrs>
 bool vector_io(int64_t B, int64_t N, int64_t D, const T* traj, Ptrs... tensors) {
   const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  if (env_choice("AITS_CUDA_SLAB_IO", {"vector", "scalar"}) != 0) return false;
   const int64_t last = B % kThreads;
   if (last != 0 && last * N * int64_t(sizeof(T)) < 16) return false;
   if (traj != nullptr && (!aligned(traj) || (B * N * D * int64_t(sizeof(T))) % 16 != 0)) {
@@ -589,7 +587,7 @@ bool with_n(int64_t N, Launch&& launch) {
 
 // The largest N compiled for a precision. Float: every size up to 8. Double: each value takes
 // two registers, and at N = 8, D = 3 the step_backward kernel's ~7 * N * D live values would spill
-// (see NOTES.md), so larger double systems go to the grouped kernels instead.
+// (docs/cuda-kernels.md), so larger double systems go to the grouped kernels instead.
 template <typename T>
 constexpr int small_max_n() {
   return sizeof(T) == 4 ? 8 : 6;

@@ -9,7 +9,7 @@
 // The self term j == i is excluded exactly without costing the hot loop: it can only occur in
 // the IPT tiles that hold the block's own bodies ("diagonal" tiles), and those (plus a partial
 // last tile) run a separate masked loop. Everything else runs the branch-free loop: 12 FP32
-// instructions + 1 MUFU.RSQ per interaction in float (see NOTES.md for the SASS).
+// instructions + 1 MUFU.RSQ per interaction in float (docs/cuda-kernels.md has the SASS).
 //
 // When B * (i-blocks) is too small to fill the GPU (one system of a few thousand bodies, say),
 // the j range is split across blocks; each split writes raw partial sums to scratch memory and

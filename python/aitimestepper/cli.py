@@ -118,13 +118,13 @@ def _command(argv: Sequence[str]) -> Optional[str]:
 
 
 def _bench(argv: list[str]) -> int:
+    """The quick kernel table: printed, and written only to the path given with --output."""
     try:
         from .bench import kernels
     except ImportError as error:
         print(f"error: the kernel benchmark (aitimestepper.bench.kernels) is not available: {error}", file=sys.stderr)
         return EXIT_USAGE
-    result = kernels.main(argv)
-    return int(result or 0)
+    return int(kernels.main(argv) or 0)
 
 
 def _info() -> int:

@@ -104,7 +104,7 @@ AITS_HD void pair_acceleration_vjp(const T* r, T m_k, T m_j, const T* g_k, const
   for (int c = 0; c < D; ++c) grad_k[c] += inv3 * w[c] - coef * r[c];
 }
 
-// External tidal field of a point mass M fixed at R (SPEC.md section 1):
+// External tidal field of a point mass M fixed at R (docs/kernel-contract.md, "Physics"):
 //   a(x) = G M [ (R - x)/|R - x|^3 - R/|R|^3 ]
 //   Phi(x) = -G M [ 1/|R - x| - 1/|R| - x.R/|R|^3 ]
 // `gm` is G*M; field_mass == 0 means "no field" and callers skip these calls.

@@ -9,7 +9,6 @@ not in this table: the public ops call ops/reference.py directly and let autogra
 from __future__ import annotations
 
 import functools
-import os
 from typing import Optional
 
 import torch
@@ -81,7 +80,9 @@ def _triton_importable() -> bool:
 
 
 def _triton_interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    from .triton import interpreter_requested
+
+    return interpreter_requested()
 
 
 @functools.lru_cache(maxsize=None)

@@ -12,7 +12,8 @@ import torch
 from ..errors import InputError
 from ..physics.field import TidalField
 from ..physics.integrators import kick_drift_kick, substep_weights
-from . import _backend_for, acceleration, custom, reference
+from . import custom, reference
+from ._api import _backend_for, acceleration
 from .backends import _core
 from .validate import _describe, check_integrator, prepare
 

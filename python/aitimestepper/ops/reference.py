@@ -3,7 +3,7 @@
 Shapes: positions/velocities [..., N, D], masses [..., N] (broadcastable against the batch),
 per-system scalars [...]. Everything here is differentiable by ordinary autograd and works in
 any floating dtype; tests run it in float64. It materialises N x N pair tensors, so it is meant
-for correctness, not speed. The formulas are those of SPEC.md section 1 and
+for correctness, not speed. The formulas are those of docs/kernel-contract.md ("Physics") and
 csrc/include/aitimestepper/physics.h.
 """
 from __future__ import annotations

@@ -7,8 +7,11 @@ values, positive masses, dt >= 0, coincident bodies when softening is 0. The res
 for any backend, plus the batch shape to restore on the way out.
 
 Value checks (finiteness, signs, coincident bodies) read the whole input and, on a GPU, wait
-for it; `unchecked()` turns them off for hot loops that feed the ops their own outputs. Shape,
-dtype and device checks always run: they cost nothing.
+for it; `unchecked()` turns them off for hot loops that feed the ops their own outputs. They are
+also off while torch.compile traces an op: they turn tensor values into Python control flow
+(and call the compiled module with raw pointers), which a graph cannot hold; the eager call
+outside the compiled region is where they belong. Shape, dtype and device checks always run:
+they cost nothing.
 """
 from __future__ import annotations
 
@@ -32,6 +35,8 @@ _state = threading.local()
 
 
 def value_checks_enabled() -> bool:
+    if torch.compiler.is_compiling():
+        return False
     return getattr(_state, "value_checks", True)
 
 

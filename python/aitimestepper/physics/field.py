@@ -1,4 +1,4 @@
-"""The external tidal field of a fixed point mass (SPEC.md section 1).
+"""The external tidal field of a fixed point mass (docs/kernel-contract.md, "Physics").
 
 a(x) = G M [ (R - x)/|R - x|^3 - R/|R|^3 ],  Phi(x) = -G M [ 1/|R - x| - 1/|R| - x.R/|R|^3 ].
 The field is plain data; the kernels (and ops/reference.py) evaluate it.

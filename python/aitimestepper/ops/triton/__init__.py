@@ -14,25 +14,39 @@ Ry, Rz). They run on CUDA tensors, and on CPU tensors under TRITON_INTERPRET=1.
 Importing this package does not import triton: the kernel modules load on the first call, so a
 machine without triton can import aitimestepper, and TRITON_INTERPRET=1 (which triton reads when
 the kernels are defined) only has to be set before that first call. `available()` says whether
-the kernels can run here and, if not, why.
+the kernels can run here and, if not, why; `mode()` is the one place that decides between
+Triton's interpreter and the GPU (everything else, tests included, asks it).
 """
 from __future__ import annotations
 
 import importlib.util
 import os
+from typing import Optional
 
-__all__ = ["acceleration", "potential_energy", "acceleration_vjp", "step", "step_backward", "available"]
+__all__ = ["acceleration", "potential_energy", "acceleration_vjp", "step", "step_backward", "available",
+           "mode", "interpreter_requested"]
+
+
+def interpreter_requested() -> bool:
+    """Whether TRITON_INTERPRET asks for Triton's interpreter (read as triton reads it)."""
+    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on", "yes")
+
+
+def mode() -> Optional[str]:
+    """Where the Triton kernels run in this process: "interpreter" when TRITON_INTERPRET asks for
+    it (on CPU tensors, GPU or not), "gpu" on a CUDA GPU otherwise, None when neither."""
+    import torch
+
+    if interpreter_requested():
+        return "interpreter"
+    return "gpu" if torch.cuda.is_available() else None
 
 
 def available() -> tuple[bool, str]:
     """(True, "") when the Triton kernels can run here, else (False, the reason)."""
     if importlib.util.find_spec("triton") is None:
         return False, "triton is not installed (pip install 'aitimestepper[triton]')"
-    import torch
-
-    if torch.cuda.is_available():
-        return True, ""
-    if os.environ.get("TRITON_INTERPRET", "").lower() in ("1", "true", "on", "yes"):
+    if mode() is not None:
         return True, ""
     return False, "no CUDA GPU, and TRITON_INTERPRET=1 was not set before triton was first imported"
 

@@ -57,21 +57,10 @@ def pair_vjp_term(r, w, inv, D: tl.constexpr):
     return out
 
 
-@triton.jit
-def pair_vjp_accumulate(acc, r, w, inv, D: tl.constexpr):
-    """acc + J(r) w as two FMAs per coordinate, where only the sum is needed (the all-pairs
-    sweeps): 3 instructions per pair fewer than forming the term and adding it."""
-    inv3, coef = _vjp_coefficients(r, w, inv, D)
-    out = ()
-    for d in tl.static_range(D):
-        out = out + (tl.fma(-coef, r[d], tl.fma(inv3, w[d], acc[d])),)
-    return out
-
-
 # The tidal functions spell every multiply-add as tl.fma. Left to LLVM, `a * b + c` here was
-# contracted differently depending on the code around the call (an H200 run gave different last
-# bits for the same state loaded through two memory paths of fused.py); explicit FMAs round the
-# same way wherever the formula is inlined.
+# contracted differently depending on the code around the call (the same state gave different
+# last bits when the loads around it changed); explicit FMAs round the same way wherever the
+# formula is inlined.
 
 
 @triton.jit
@@ -90,8 +79,8 @@ def _field_offsets(x, R, D: tl.constexpr):
 
 @triton.jit
 def tidal_acceleration_terms(x, R, D: tl.constexpr):
-    """(R - x)/|R - x|^3 - R/|R|^3 per coordinate: the tidal acceleration over G M (SPEC.md
-    section 1). Callers add G M times it to an acceleration with add_scaled (one FMA)."""
+    """(R - x)/|R - x|^3 - R/|R|^3 per coordinate: the tidal acceleration over G M
+    (docs/kernel-contract.md). Callers add G M times it to an acceleration with add_scaled (one FMA)."""
     u, u2, iR = _field_offsets(x, R, D)
     iu = tl.math.rsqrt(u2)
     iu3 = iu * iu * iu

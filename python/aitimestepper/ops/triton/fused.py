@@ -9,7 +9,7 @@ state, chosen by the constexpr UNROLL:
   owns whole systems and the N(N-1)/2 pairs are unrolled at compile time. Each pair is evaluated
   once and applied to both bodies (Newton's third law: one rsqrt per pair instead of two), and
   there are no reductions across lanes; the only layout conversions are the transposes that load
-  and store whole rows coalesced (COALESCED_IO).
+  and store whole rows coalesced (see "State access" below).
 * tile (UNROLL_MAX_N < N <= FUSED_MAX_N, 16 to 64 by dtype and direction): each coordinate is
   a [BLOCK_B, N_PAD] tile and the pair terms a [BLOCK_B, N_PAD(j), N_PAD(i)] block; bodies i sit
   on the fastest axis, so the sum over sources j runs inside threads (and across warps) rather
@@ -37,26 +37,12 @@ from ._formulas import (
 )
 
 # Pairs are unrolled at compile time, and Triton's coalesce pass costs (memory ops) x (IR size),
-# so compile time grows like N^3 (on the shared 2-core machine: ~8 s at N = 4, ~37 s at N = 8,
-# minutes for the N = 8 adjoint, with the "scalar" memory path below; "tile" cuts the memory ops
-# to a few per state: N = 8 in ~5 s, its adjoint ~18 s); the tile layout compiles in seconds.
+# so compile time grows like N^3 (seconds at N = 4, tens of seconds for an unrolled N = 8
+# adjoint); the tile layout compiles in seconds at every size.
 UNROLL_MAX_N = 4
 
-# How the UNROLL layout moves its state (pos, vel, masses, outputs, trajectory, adjoint inputs)
-# between global memory and its per-system vectors; costs under "State access" below:
-#   "tile"   whole rows as one [BLOCK_B, next_pow2(N*D)] tile, transposed in registers through
-#            shared memory (fully coalesced);
-#   "vector" each thread its own row, in aligned pieces of up to 16 bytes (no transpose);
-#   "scalar" one 4- or 8-byte access per value and thread (the original path).
-# True and False mean "tile" and "scalar". Read at every launch (the kernels' IO_MODE constexpr),
-# so a benchmark can time all three in one process; the forward results are bitwise the same,
-# the adjoint's the same to rounding on a GPU (tests/test_triton_kernels.py::
-# test_io_modes_give_the_same_results).
-COALESCED_IO = "tile"
-IO_MODES = {"scalar": 0, "tile": 1, "vector": 2}
-
 # Largest N whose [N_PAD, N_PAD] pair block still fits in registers without spilling (ptxas,
-# sm_90); float64 and the adjoint (more live terms per pair) need about twice the registers.
+# compute capability 9.0); float64 and the adjoint (more live terms per pair) need about twice the registers.
 # Above these integrate.py loops over pairwise launches instead.
 FUSED_MAX_N = {
     (torch.float32, False): 64,
@@ -70,43 +56,25 @@ def can_fuse(N: int, dtype: torch.dtype, adjoint: bool) -> bool:
     return N <= FUSED_MAX_N[(dtype, adjoint)]
 
 
-# Warps of a tile-layout launch, (N_PAD, dtype, adjoint) -> num_warps, where set; otherwise
-# _layout's rule. More warps spread the sources j of the pair block over more threads: fewer
-# registers per thread (sm_90, float32 adjoint, N = 64: 4 warps 255 registers + 182 spill
-# instructions, 8 warps 254, 16 warps 128; N = 32: 2 warps 237, 4 warps 144), at the price of a
-# sum over j across warps. The benchmark's adjoint variants set it to time the choices.
-TILE_WARPS: dict[tuple[int, torch.dtype, bool], int] = {}
-
-# The tile-layout adjoint loads boundary b-1's trajectory before it computes boundary b's VJP.
-# Such a program holds one or a few systems and its registers allow one or two programs per SM,
+# The tile-layout adjoint loads boundary b-1's trajectory before it computes boundary b's VJP:
+# such a program holds one or a few systems and its registers allow one or two programs per SM,
 # so no other work covers the loads' latency; the prefetched tiles cost a register or two per
-# thread. (The unrolled layout would pay 3 N D registers and has many programs per SM: never.)
-ADJOINT_PREFETCH = True
+# thread. The unrolled layout would pay 3 N D registers and has many programs per SM, so it
+# loads each boundary when it needs it.
 
 
 # ---------------------------------------------------------------------------------------------
 # State access: a flat tuple of N*D [BLOCK_B] vectors (UNROLL, entry i*D + d) or D [BLOCK_B, NP]
 # tiles. `sys` is the int64 index of each system (trajectories pass 2^31 elements at large B).
 #
-# UNROLL keeps one system per thread. Its memory paths (IO_MODE, from COALESCED_IO), per warp
-# and per state at N = 4, D = 3, float32 (32 rows of 48 bytes = 12 lines, 48 sectors):
-#   0 "scalar": entry k of 32 systems per instruction, lanes 48 bytes apart: 12 LDG.32 per
-#     thread, each touching 12 lines and 32 sectors (144 line and 384 sector requests; stores
-#     write 4 bytes of each sector).
-#   1 "tile": one [BLOCK_B, 16] tile (columns >= 12 masked); Triton gives a thread 4 columns and a
-#     warp 8 whole consecutive rows per instruction: 4 LDG.128 per thread, 3 lines each (12 line
-#     and 48 sector requests, the minimum, full-sector stores). The columns are split into the
-#     per-system vectors by reshape/split chains (_columns; stores: join chains, _tile), which
-#     Triton lowers with layout conversions through shared memory, like the CUDA kernel's staged
-#     slab: ~150 more instructions per program and, in the trajectory and adjoint
-#     variants, many more registers (sm_90 compile: 56 -> 124 at N = 4 float32 with trajectory).
-#   2 "vector": each thread moves its own row in aligned pieces of up to 16 bytes ([BLOCK_B, W]
-#     tiles, W = K's largest power-of-two divisor up to 16 bytes): 3 LDG.128 per thread, 12 lines and 32
-#     sectors each (36 line, 96 sector requests), no transpose, registers as "scalar". Degenerates
-#     to "scalar" where N*D is odd.
-# Only the memory instructions differ. On an H200 the forward is bitwise the same on all three
-# paths; the adjoint differs in the last bits with D = 3 (LLVM contracts some multiply-adds
-# differently when the loads around them change).
+# UNROLL keeps one system per thread, whose N*D values are a row of global memory. Loaded
+# value by value, a warp's lanes would sit N*D elements apart and touch a sector per value.
+# Instead each state moves as one [BLOCK_B, next_pow2(N*D)] tile of whole consecutive rows
+# (columns >= N*D masked): a warp instruction covers whole rows, the fewest memory transactions
+# a state allows, with full-sector stores. The columns are split into the per-system vectors by
+# reshape/split chains (_columns; stores: join chains, _tile), which Triton lowers with layout
+# conversions through shared memory, as the CUDA kernels stage their slab. Measurements against
+# per-value and per-row-vector accesses are in bench/NOTES.md.
 
 
 @triton.jit
@@ -153,13 +121,9 @@ def _tile(vals, K: tl.constexpr, BLOCK_B: tl.constexpr, W: tl.constexpr):
 
 
 @triton.constexpr_function
-def _io_width(io_mode: int, K: int, bits: int) -> int:
-    """Columns per row tile: the whole row padded to a power of two ("tile"), or ("vector") the
-    widest aligned piece of at most 16 bytes: K's largest power-of-two divisor, since a row
-    starts K values after the last (so 4 floats at K = 12, 2 at K = 6, 1 at K = 9)."""
-    if io_mode == 1:
-        return triton.next_power_of_2(K)
-    return min(K & -K, 128 // bits)
+def _row_width(K: int) -> int:
+    """Columns of a row tile: the K values of a row padded to a power of two."""
+    return triton.next_power_of_2(K)
 
 
 @triton.jit
@@ -172,19 +136,13 @@ def _row_tile(ptr, sys, smask, K: tl.constexpr, first: tl.constexpr, W: tl.const
 
 @triton.jit
 def _load_bodies(ptr, sys, smask, N: tl.constexpr, D: tl.constexpr, NP: tl.constexpr,
-                 UNROLL: tl.constexpr, IO_MODE: tl.constexpr):
+                 UNROLL: tl.constexpr):
     row = ptr + sys * (N * D)
     out = ()
     if UNROLL:
-        if IO_MODE == 0:
-            for k in tl.static_range(N * D):
-                out = out + (tl.load(row + k, mask=smask, other=0.0),)
-        else:
-            W: tl.constexpr = _io_width(IO_MODE, N * D, ptr.dtype.element_ty.primitive_bitwidth)
-            for first in tl.static_range(0, N * D, W):
-                ptrs, mask = _row_tile(ptr, sys, smask, N * D, first, W)
-                out = out + _columns(tl.load(ptrs, mask=mask, other=0.0), min(W, N * D - first),
-                                     sys.shape[0], W)
+        W: tl.constexpr = _row_width(N * D)
+        ptrs, mask = _row_tile(ptr, sys, smask, N * D, 0, W)
+        out = _columns(tl.load(ptrs, mask=mask, other=0.0), N * D, sys.shape[0], W)
     else:
         n = tl.arange(0, NP)
         mask = smask[:, None] & (n < N)[None, :]
@@ -195,20 +153,12 @@ def _load_bodies(ptr, sys, smask, N: tl.constexpr, D: tl.constexpr, NP: tl.const
 
 @triton.jit
 def _store_bodies(ptr, sys, smask, vals, N: tl.constexpr, D: tl.constexpr, NP: tl.constexpr,
-                  UNROLL: tl.constexpr, IO_MODE: tl.constexpr):
+                  UNROLL: tl.constexpr):
     row = ptr + sys * (N * D)
     if UNROLL:
-        if IO_MODE == 0:
-            for k in tl.static_range(N * D):
-                tl.store(row + k, vals[k], mask=smask)
-        else:
-            W: tl.constexpr = _io_width(IO_MODE, N * D, ptr.dtype.element_ty.primitive_bitwidth)
-            for first in tl.static_range(0, N * D, W):
-                ptrs, mask = _row_tile(ptr, sys, smask, N * D, first, W)
-                piece = ()
-                for k in tl.static_range(first, min(first + W, N * D)):
-                    piece = piece + (vals[k],)
-                tl.store(ptrs, _tile(piece, min(W, N * D - first), sys.shape[0], W), mask=mask)
+        W: tl.constexpr = _row_width(N * D)
+        ptrs, mask = _row_tile(ptr, sys, smask, N * D, 0, W)
+        tl.store(ptrs, _tile(vals, N * D, sys.shape[0], W), mask=mask)
     else:
         n = tl.arange(0, NP)
         mask = smask[:, None] & (n < N)[None, :]
@@ -224,20 +174,20 @@ def _trajectory_slot(traj_ptr, boundary, slot: tl.constexpr, B, N: tl.constexpr,
 
 @triton.jit
 def _store_boundary(traj_ptr, boundary, B, sys, smask, x, v, a, N: tl.constexpr, D: tl.constexpr,
-                    NP: tl.constexpr, UNROLL: tl.constexpr, IO_MODE: tl.constexpr):
+                    NP: tl.constexpr, UNROLL: tl.constexpr):
     """trajectory[boundary] = (x, v, a)."""
-    _store_bodies(_trajectory_slot(traj_ptr, boundary, 0, B, N, D), sys, smask, x, N, D, NP, UNROLL, IO_MODE)
-    _store_bodies(_trajectory_slot(traj_ptr, boundary, 1, B, N, D), sys, smask, v, N, D, NP, UNROLL, IO_MODE)
-    _store_bodies(_trajectory_slot(traj_ptr, boundary, 2, B, N, D), sys, smask, a, N, D, NP, UNROLL, IO_MODE)
+    _store_bodies(_trajectory_slot(traj_ptr, boundary, 0, B, N, D), sys, smask, x, N, D, NP, UNROLL)
+    _store_bodies(_trajectory_slot(traj_ptr, boundary, 1, B, N, D), sys, smask, v, N, D, NP, UNROLL)
+    _store_bodies(_trajectory_slot(traj_ptr, boundary, 2, B, N, D), sys, smask, a, N, D, NP, UNROLL)
 
 
 @triton.jit
 def _load_boundary(traj_ptr, boundary, B, sys, smask, N: tl.constexpr, D: tl.constexpr,
-                   NP: tl.constexpr, UNROLL: tl.constexpr, IO_MODE: tl.constexpr):
+                   NP: tl.constexpr, UNROLL: tl.constexpr):
     """(x, v, a) = trajectory[boundary]."""
-    x = _load_bodies(_trajectory_slot(traj_ptr, boundary, 0, B, N, D), sys, smask, N, D, NP, UNROLL, IO_MODE)
-    v = _load_bodies(_trajectory_slot(traj_ptr, boundary, 1, B, N, D), sys, smask, N, D, NP, UNROLL, IO_MODE)
-    a = _load_bodies(_trajectory_slot(traj_ptr, boundary, 2, B, N, D), sys, smask, N, D, NP, UNROLL, IO_MODE)
+    x = _load_bodies(_trajectory_slot(traj_ptr, boundary, 0, B, N, D), sys, smask, N, D, NP, UNROLL)
+    v = _load_bodies(_trajectory_slot(traj_ptr, boundary, 1, B, N, D), sys, smask, N, D, NP, UNROLL)
+    a = _load_bodies(_trajectory_slot(traj_ptr, boundary, 2, B, N, D), sys, smask, N, D, NP, UNROLL)
     return x, v, a
 
 
@@ -439,11 +389,11 @@ def _acceleration_vjp(x, m, g, eps2, gm, R, N: tl.constexpr, D: tl.constexpr,
 
 @triton.jit
 def _system_setup(mass_ptr, dt_ptr, G, B, N: tl.constexpr, NP: tl.constexpr, UNROLL: tl.constexpr,
-                  IO_MODE: tl.constexpr, BLOCK_B: tl.constexpr):
+                  BLOCK_B: tl.constexpr):
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     smask = offs_b < B
     sys = offs_b.to(tl.int64)
-    m_raw = _load_bodies(mass_ptr, sys, smask, N, 1, NP, UNROLL, IO_MODE)
+    m_raw = _load_bodies(mass_ptr, sys, smask, N, 1, NP, UNROLL)
     m = ()
     for k in tl.static_range(N if UNROLL else 1):
         m = m + (G * m_raw[k],)
@@ -456,8 +406,7 @@ def _system_setup(mass_ptr, dt_ptr, G, B, N: tl.constexpr, NP: tl.constexpr, UNR
 
 
 # B and steps vary from call to call: specializing on them (== 1, multiple of 16) would only
-# multiply compilations of a kernel whose compile takes seconds. IO_MODE's default ("tile") serves
-# launches that do not pass it (bench_triton.py's layout sweep); step() passes COALESCED_IO.
+# multiply compilations of a kernel whose compile takes seconds.
 @triton.jit(do_not_specialize=["B", "steps"])
 def _step_kernel(pos_ptr, vel_ptr, mass_ptr, dt_ptr, out_pos_ptr, out_vel_ptr, traj_ptr,
                  B, steps,
@@ -466,19 +415,19 @@ def _step_kernel(pos_ptr, vel_ptr, mass_ptr, dt_ptr, out_pos_ptr, out_vel_ptr, t
                  c0_in: tl.float64, c1_in: tl.float64, c2_in: tl.float64,
                  N: tl.constexpr, D: tl.constexpr, NP: tl.constexpr, NSUB: tl.constexpr,
                  UNROLL: tl.constexpr, HAS_FIELD: tl.constexpr, WRITE_TRAJECTORY: tl.constexpr,
-                 BLOCK_B: tl.constexpr, IO_MODE: tl.constexpr = 1):
+                 BLOCK_B: tl.constexpr):
     DTYPE = pos_ptr.dtype.element_ty
     G, eps2, gm, R = launch_constants(G_in, eps2_in, gm_in, rx, ry, rz, DTYPE)
     c0 = tl.full([], c0_in, DTYPE)
     c1 = tl.full([], c1_in, DTYPE)
     c2 = tl.full([], c2_in, DTYPE)
     K: tl.constexpr = N * D if UNROLL else D
-    offs_b, smask, sys, m, dt, dt_b = _system_setup(mass_ptr, dt_ptr, G, B, N, NP, UNROLL, IO_MODE, BLOCK_B)
-    x = _load_bodies(pos_ptr, sys, smask, N, D, NP, UNROLL, IO_MODE)
-    v = _load_bodies(vel_ptr, sys, smask, N, D, NP, UNROLL, IO_MODE)
+    offs_b, smask, sys, m, dt, dt_b = _system_setup(mass_ptr, dt_ptr, G, B, N, NP, UNROLL, BLOCK_B)
+    x = _load_bodies(pos_ptr, sys, smask, N, D, NP, UNROLL)
+    v = _load_bodies(vel_ptr, sys, smask, N, D, NP, UNROLL)
     a = _accelerations(x, m, eps2, gm, R, N, D, NP, UNROLL, HAS_FIELD)
     if WRITE_TRAJECTORY:
-        _store_boundary(traj_ptr, 0, B, sys, smask, x, v, a, N, D, NP, UNROLL, IO_MODE)
+        _store_boundary(traj_ptr, 0, B, sys, smask, x, v, a, N, D, NP, UNROLL)
     # One runtime loop over all substeps (the weight picked by a scalar select) rather than a
     # static unroll over NSUB: the pair code then appears once in the IR, which keeps Triton's
     # compile time (dominated by passes linear in IR size per memory op) down.
@@ -490,9 +439,9 @@ def _step_kernel(pos_ptr, vel_ptr, mass_ptr, dt_ptr, out_pos_ptr, out_vel_ptr, t
         a = _accelerations(x, m, eps2, gm, R, N, D, NP, UNROLL, HAS_FIELD)
         v = _axpy(v, half, a, K)  # closing kick
         if WRITE_TRAJECTORY:
-            _store_boundary(traj_ptr, sub + 1, B, sys, smask, x, v, a, N, D, NP, UNROLL, IO_MODE)
-    _store_bodies(out_pos_ptr, sys, smask, x, N, D, NP, UNROLL, IO_MODE)
-    _store_bodies(out_vel_ptr, sys, smask, v, N, D, NP, UNROLL, IO_MODE)
+            _store_boundary(traj_ptr, sub + 1, B, sys, smask, x, v, a, N, D, NP, UNROLL)
+    _store_bodies(out_pos_ptr, sys, smask, x, N, D, NP, UNROLL)
+    _store_bodies(out_vel_ptr, sys, smask, v, N, D, NP, UNROLL)
 
 
 @triton.jit
@@ -521,8 +470,7 @@ def _step_backward_kernel(traj_ptr, mass_ptr, dt_ptr, grad_pos_ptr, grad_vel_ptr
                           rx: tl.float64, ry: tl.float64, rz: tl.float64,
                           c0_in: tl.float64, c1_in: tl.float64, c2_in: tl.float64,
                           N: tl.constexpr, D: tl.constexpr, NP: tl.constexpr, NSUB: tl.constexpr,
-                          UNROLL: tl.constexpr, HAS_FIELD: tl.constexpr, BLOCK_B: tl.constexpr,
-                          IO_MODE: tl.constexpr = 1, PREFETCH: tl.constexpr = False):
+                          UNROLL: tl.constexpr, HAS_FIELD: tl.constexpr, BLOCK_B: tl.constexpr):
     DTYPE = traj_ptr.dtype.element_ty
     G, eps2, gm, R = launch_constants(G_in, eps2_in, gm_in, rx, ry, rz, DTYPE)
     c0 = tl.full([], c0_in, DTYPE)
@@ -530,21 +478,19 @@ def _step_backward_kernel(traj_ptr, mass_ptr, dt_ptr, grad_pos_ptr, grad_vel_ptr
     c2 = tl.full([], c2_in, DTYPE)
     c_last = _substep_weight(NSUB - 1, c0, c1, c2)
     K: tl.constexpr = N * D if UNROLL else D
-    offs_b, smask, sys, m, dt, dt_b = _system_setup(mass_ptr, dt_ptr, G, B, N, NP, UNROLL, IO_MODE, BLOCK_B)
-    gx = _load_bodies(grad_pos_ptr, sys, smask, N, D, NP, UNROLL, IO_MODE)
-    gv = _load_bodies(grad_vel_ptr, sys, smask, N, D, NP, UNROLL, IO_MODE)
+    offs_b, smask, sys, m, dt, dt_b = _system_setup(mass_ptr, dt_ptr, G, B, N, NP, UNROLL, BLOCK_B)
+    gx = _load_bodies(grad_pos_ptr, sys, smask, N, D, NP, UNROLL)
+    gv = _load_bodies(grad_vel_ptr, sys, smask, N, D, NP, UNROLL)
     gdt = dt * 0.0
 
     # Boundary S: only the closing kick of the last substep uses a_S (c_S = 0).
     S = steps * NSUB
-    x = _load_bodies(_trajectory_slot(traj_ptr, S, 0, B, N, D), sys, smask, N, D, NP, UNROLL,
-                     IO_MODE)
-    a = _load_bodies(_trajectory_slot(traj_ptr, S, 2, B, N, D), sys, smask, N, D, NP, UNROLL,
-                     IO_MODE)
-    # With PREFETCH, boundary b-1's x, v, a are loaded before boundary b's VJP, so their memory
-    # latency hides behind it (see ADJOINT_PREFETCH).
-    if PREFETCH:
-        xn, vn, an = _load_boundary(traj_ptr, tl.maximum(S - 1, 0), B, sys, smask, N, D, NP, UNROLL, IO_MODE)
+    x = _load_bodies(_trajectory_slot(traj_ptr, S, 0, B, N, D), sys, smask, N, D, NP, UNROLL)
+    a = _load_bodies(_trajectory_slot(traj_ptr, S, 2, B, N, D), sys, smask, N, D, NP, UNROLL)
+    # The tile layout loads boundary b-1's x, v, a before boundary b's VJP, so their memory
+    # latency hides behind it (see the note above the state access).
+    if not UNROLL:
+        xn, vn, an = _load_boundary(traj_ptr, tl.maximum(S - 1, 0), B, sys, smask, N, D, NP, UNROLL)
     gx, gdt = _boundary_adjoint(gx, gv, gdt, x, a, m, 0.5 * c_last, dt_b, eps2, gm, R,
                                 N, D, NP, K, UNROLL, HAS_FIELD)
     # Then, for each substep b = S-1 .. 0: its drift and kicks, then the boundary b it starts from
@@ -552,12 +498,11 @@ def _step_backward_kernel(traj_ptr, mass_ptr, dt_ptr, grad_pos_ptr, grad_vel_ptr
     for it in range(S):
         b = S - 1 - it
         c_b = _substep_weight(b % NSUB, c0, c1, c2)
-        if PREFETCH:
+        if not UNROLL:
             x, v, a = xn, vn, an
-            xn, vn, an = _load_boundary(traj_ptr, tl.maximum(b - 1, 0), B, sys, smask, N, D, NP, UNROLL,
-                                        IO_MODE)
+            xn, vn, an = _load_boundary(traj_ptr, tl.maximum(b - 1, 0), B, sys, smask, N, D, NP, UNROLL)
         else:
-            x, v, a = _load_boundary(traj_ptr, b, B, sys, smask, N, D, NP, UNROLL, IO_MODE)
+            x, v, a = _load_boundary(traj_ptr, b, B, sys, smask, N, D, NP, UNROLL)
         h = c_b * dt_b
         v_half = _axpy(v, 0.5 * h, a, K)  # the drift velocity, exactly as the forward made it
         gdt = gdt + c_b * _per_system_dot(gx, v_half, K, UNROLL)
@@ -566,8 +511,8 @@ def _step_backward_kernel(traj_ptr, mass_ptr, dt_ptr, grad_pos_ptr, grad_vel_ptr
         c_prev = tl.where(b > 0, _substep_weight((b + NSUB - 1) % NSUB, c0, c1, c2), 0.0)
         gx, gdt = _boundary_adjoint(gx, gv, gdt, x, a, m, 0.5 * (c_prev + c_b), dt_b, eps2,
                                     gm, R, N, D, NP, K, UNROLL, HAS_FIELD)
-    _store_bodies(out_grad_pos_ptr, sys, smask, gx, N, D, NP, UNROLL, IO_MODE)
-    _store_bodies(out_grad_vel_ptr, sys, smask, gv, N, D, NP, UNROLL, IO_MODE)
+    _store_bodies(out_grad_pos_ptr, sys, smask, gx, N, D, NP, UNROLL)
+    _store_bodies(out_grad_vel_ptr, sys, smask, gv, N, D, NP, UNROLL)
     tl.store(out_grad_dt_ptr + offs_b, gdt, mask=smask)
 
 
@@ -583,22 +528,11 @@ def _layout(N: int, dtype: torch.dtype, adjoint: bool):
     if _launch.INTERPRET:
         return False, NP, max(1, min(4, 4096 // (NP * NP))), 1
     # Fill a warp's lanes with (system, body i) pairs so the sums over j stay inside threads
-    # (N = 64 on an H200: 2 warps 4.1e8 system-steps/s, 4 warps with j split across warps
-    # 1.3e8); float64 and the adjoint spread j over twice the warps to halve the registers.
+    # (splitting j across warps instead was 3x slower at N = 64: bench/NOTES.md); float64 and
+    # the adjoint spread j over twice the warps to halve the registers.
     block_b = max(1, 32 // NP)
     warps = max(1, block_b * NP // 32) * (2 if dtype == torch.float64 else 1) * (2 if adjoint else 1)
-    return False, NP, block_b, TILE_WARPS.get((NP, dtype, adjoint), warps)
-
-
-def _io_mode(unroll: bool) -> int:
-    """COALESCED_IO as the kernels' IO_MODE (the tile layout has one memory path: 0)."""
-    mode = COALESCED_IO
-    if isinstance(mode, bool):
-        mode = "tile" if mode else "scalar"
-    if mode not in IO_MODES:
-        raise ValueError(f"fused.COALESCED_IO must be one of {sorted(IO_MODES)} (or True/False), "
-                         f"got {COALESCED_IO!r}")
-    return IO_MODES[mode] if unroll else 0
+    return False, NP, block_b, warps
 
 
 def _weights3(integrator_index: int):
@@ -618,7 +552,7 @@ def step(pos, vel, mass, dt, out_pos, out_vel, trajectory, steps: int, integrato
         pos, vel, mass, dt, out_pos, out_vel, trajectory if trajectory is not None else pos,
         B, int(steps), *phys.scalars(), *c,
         N=N, D=D, NP=NP, NSUB=nsub, UNROLL=unroll, HAS_FIELD=phys.has_field,
-        WRITE_TRAJECTORY=trajectory is not None, BLOCK_B=block_b, IO_MODE=_io_mode(unroll),
+        WRITE_TRAJECTORY=trajectory is not None, BLOCK_B=block_b,
         num_warps=warps,
     )
 
@@ -634,5 +568,5 @@ def step_backward(trajectory, mass, dt, grad_pos, grad_vel, out_grad_pos, out_gr
         trajectory, mass, dt, grad_pos, grad_vel, out_grad_pos, out_grad_vel, out_grad_dt,
         B, int(steps), *phys.scalars(), *c,
         N=N, D=D, NP=NP, NSUB=nsub, UNROLL=unroll, HAS_FIELD=phys.has_field, BLOCK_B=block_b,
-        IO_MODE=_io_mode(unroll), PREFETCH=ADJOINT_PREFETCH and not unroll, num_warps=warps,
+        num_warps=warps,
     )

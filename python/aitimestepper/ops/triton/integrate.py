@@ -21,22 +21,11 @@ from . import _launch, fused, pairwise
 from ._formulas import add_scaled, launch_constants, tidal_acceleration_vjp_terms
 
 # The adjoint loop's O(N) work per boundary (the substep's drift/kick adjoint, the VJP's weight,
-# the two d/d(dt) sums) as one launch of _boundary_adjoint_kernel, with the VJP launch adding
-# straight into the running gradient (True), or as the ~14 torch elementwise ops they replace
-# (False). At N = 64, B = 16384 those ops moved ~13 MB each and cost
-# about as much as the VJP launches themselves. Read per call, so a benchmark can time both.
-FUSED_BOUNDARY = True
-
-# For systems of up to pairwise.SMALL_VJP_MAX_N bodies: each boundary as one launch of
-# _boundary_vjp_small_kernel (the boundary work folded into the small-system VJP: half the
-# launches, and w never written and read back) instead of the boundary kernel plus a VJP launch
-# (False; the benchmark's "boundary-kernel" variant). H200, float32, N = 64, B = 16384, 10 leapfrog
-# steps, energy-error backward / forward (bench/results/h200-2026-11-26d): 3.02x and 2.92x in two
-# runs, against 3.41x and 2.77x (IQR 18%) with the boundary kernel: half the launches, a quarter of
-# the spread, a lower mean. sm_90, float32, D = 3, one warp, 4-source chunks:
-# 93 registers and 336-337 instructions per chunk (the plain small VJP with accumulate: 89 and 342).
-# Read per call.
-BOUNDARY_IN_VJP = True
+# the two d/d(dt) sums) runs as one kernel per boundary rather than as ~14 torch elementwise ops
+# that each move the whole [B, N, D] state. Up to pairwise.SMALL_VJP_MAX_N bodies it is folded
+# into the small-system VJP (_boundary_vjp_small_kernel: one launch per boundary instead of two,
+# and the VJP's cotangent never written and read back); above, _boundary_adjoint_kernel runs
+# beside each all-pairs VJP launch. Measurements of the three forms: bench/NOTES.md.
 
 
 def _per_system(values: torch.Tensor) -> torch.Tensor:
@@ -93,7 +82,7 @@ def _boundary_vjp_small_kernel(x_ptr, v_ptr, a_ptr, mass_ptr, dt_ptr, gx_ptr, gv
                                rx: tl.float64, ry: tl.float64, rz: tl.float64,
                                c_in: tl.float64, k_in: tl.float64,
                                D: tl.constexpr, HAS_FIELD: tl.constexpr, SUBSTEP: tl.constexpr,
-                               FMA_ACC: tl.constexpr, NP: tl.constexpr, JC: tl.constexpr):
+                               NP: tl.constexpr, JC: tl.constexpr):
     """Boundary b of the adjoint loop for one whole system per program (N <= NP): the work of
     _boundary_adjoint_kernel and the VJP launch after it in one pass, gx and gv updated in place.
 
@@ -102,9 +91,9 @@ def _boundary_vjp_small_kernel(x_ptr, v_ptr, a_ptr, mass_ptr, dt_ptr, gx_ptr, gv
     and the sum is scaled by k dt once per body at the end (the boundary kernel path forms w and
     rounds differently, within the tolerance both are held to). No source reads gx, so each
     program adds its VJP to its own bodies' gx at the end, reloading the old gx rather than
-    holding it through the sweep: the sweep is the plain small-system VJP's (sm_90, float32,
-    N = 64, D = 3: 143 registers when the sweep read the old gx and gv and formed w per source,
-    80 now). A program touches only its own system, so programs never race."""
+    holding it through the sweep: the sweep is the plain small-system VJP's, at about half the
+    registers of a sweep that reads the old gx and gv and forms w per source. A program touches
+    only its own system, so programs never race."""
     DTYPE = gx_ptr.dtype.element_ty
     G, eps2, gm, R = launch_constants(G_in, eps2_in, gm_in, rx, ry, rz, DTYPE)
     c = tl.full([], c_in, DTYPE)
@@ -140,7 +129,7 @@ def _boundary_vjp_small_kernel(x_ptr, v_ptr, a_ptr, mass_ptr, dt_ptr, gx_ptr, gv
     if SUBSTEP:
         tl.debug_barrier()  # every body's new gv is stored before any thread reads it as a source
     sums = pairwise._small_vjp_sweep(x_ptr + rows, mass_ptr + base, gv_ptr + rows, N, x_own, gv_own, mi,
-                                     offs, eps2, D, NP, JC, FMA_ACC)
+                                     offs, eps2, D, NP, JC)
     vjp = ()
     for d in tl.static_range(D):
         vjp = vjp + (G * sums[d],)
@@ -197,7 +186,7 @@ def _step_backward_launch_loop(trajectory, mass, dt, grad_pos, grad_vel, out_gra
     nsub = len(weights)
     S = steps * nsub
     B, N, D = gx.shape
-    if BOUNDARY_IN_VJP and N <= pairwise.SMALL_VJP_MAX_N:
+    if N <= pairwise.SMALL_VJP_MAX_N:
         NP, JC, warps = pairwise._small_vjp_layout(N)
         phys = _launch.unpack_physics(physics)
         for b in range(S, -1, -1):
@@ -206,36 +195,15 @@ def _step_backward_launch_loop(trajectory, mass, dt, grad_pos, grad_vel, out_gra
             _boundary_vjp_small_kernel[(B,)](
                 trajectory[b, 0], trajectory[b, 1], trajectory[b, 2], mass, dt, gx, gv, gdt, N,
                 *phys.scalars(), float(c), 0.5 * (c_prev + c),
-                D=D, HAS_FIELD=phys.has_field, SUBSTEP=b < S, FMA_ACC=pairwise.VJP_FMA_ACCUMULATE,
-                NP=NP, JC=JC, num_warps=warps)
+                D=D, HAS_FIELD=phys.has_field, SUBSTEP=b < S, NP=NP, JC=JC, num_warps=warps)
         return
-    if FUSED_BOUNDARY:
-        w = torch.empty_like(gx)
-        for b in range(S, -1, -1):  # boundary S, then substep b-1's adjoint with boundary b-1...
-            c = weights[b % nsub] if b < S else 0.0
-            c_prev = weights[(b - 1) % nsub] if b > 0 else 0.0
-            _boundary_adjoint(gx, gv, trajectory[b, 1], trajectory[b, 2], dt, w, gdt, c,
-                              0.5 * (c_prev + c), substep=b < S)
-            pairwise.acceleration_vjp(trajectory[b, 0], mass, w, gx, physics, accumulate=True)
-        return
-
-    vjp = torch.empty_like(gx)
-
-    def boundary_adjoint(b: int, k: float) -> None:
-        # The kicks on both sides of boundary b share a_b: one VJP with weight k = (c_{b-1}+c_b)/2.
-        pairwise.acceleration_vjp(trajectory[b, 0], mass, _per_system(k * dt) * gv, vjp, physics)
-        gx.add_(vjp)
-        gdt.add_(k * (gv * trajectory[b, 2]).sum((1, 2)))
-
-    boundary_adjoint(S, 0.5 * weights[-1])
-    for b in range(S - 1, -1, -1):  # substep b, then the boundary b it starts from
-        c = weights[b % nsub]
-        h = _per_system(c * dt)
-        v_half = torch.addcmul(trajectory[b, 1], 0.5 * h, trajectory[b, 2])
-        gdt.add_(c * (gx * v_half).sum((1, 2)))
-        gv.addcmul_(h, gx)
+    w = torch.empty_like(gx)
+    for b in range(S, -1, -1):  # boundary S, then substep b-1's adjoint with boundary b-1...
+        c = weights[b % nsub] if b < S else 0.0
         c_prev = weights[(b - 1) % nsub] if b > 0 else 0.0
-        boundary_adjoint(b, 0.5 * (c_prev + c))
+        _boundary_adjoint(gx, gv, trajectory[b, 1], trajectory[b, 2], dt, w, gdt, c,
+                          0.5 * (c_prev + c), substep=b < S)
+        pairwise.acceleration_vjp(trajectory[b, 0], mass, w, gx, physics, accumulate=True)
 
 
 def step(pos, vel, mass, dt, out_pos, out_vel, trajectory, steps: int, integrator_index: int, physics) -> None:

@@ -16,7 +16,6 @@ energy (atomics would not; the training gate compares energies).
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import torch
 import triton
@@ -26,7 +25,6 @@ from . import _launch
 from ._formulas import (
     inverse_distance,
     launch_constants,
-    pair_vjp_accumulate,
     pair_vjp_term,
     add_scaled,
     tidal_acceleration_terms,
@@ -100,7 +98,7 @@ def _potential_tile(acc, xi, offs_i, pos_b, mass_b, j0, N, eps2,
 
 @triton.jit
 def _vjp_tile(acc, xi, mi, gi, offs_i, pos_b, mass_b, grad_b, j0, N, eps2,
-              D: tl.constexpr, BLOCK_J: tl.constexpr, MASKED: tl.constexpr, FMA_ACC: tl.constexpr):
+              D: tl.constexpr, BLOCK_J: tl.constexpr, MASKED: tl.constexpr):
     # physics.h pair_acceleration_vjp with k = i: w = m_i g_j - m_j g_i, acc += J(r) w.
     offs_j, jmask, xj, mj = _load_sources(pos_b, mass_b, j0, N, D, BLOCK_J, MASKED)
     gj = _load_coords(grad_b, offs_j, jmask, D, MASKED)
@@ -108,20 +106,17 @@ def _vjp_tile(acc, xi, mi, gi, offs_i, pos_b, mass_b, grad_b, j0, N, eps2,
     w = ()
     for d in tl.static_range(D):
         w = w + (mi * gj[d][None, :] - mj[None, :] * gi[d],)
-    return _add_vjp_terms(acc, r, w, inv, D, FMA_ACC)
+    return _add_vjp_terms(acc, r, w, inv, D)
 
 
 @triton.jit
-def _add_vjp_terms(acc, r, w, inv, D: tl.constexpr, FMA_ACC: tl.constexpr):
-    """acc + J(r) w: as two FMAs per coordinate (FMA_ACC, VJP_FMA_ACCUMULATE) or the term formed
-    and then added (the form timed on the H200)."""
-    if FMA_ACC:
-        out = pair_vjp_accumulate(acc, r, w, inv, D)
-    else:
-        term = pair_vjp_term(r, w, inv, D)
-        out = ()
-        for d in tl.static_range(D):
-            out = out + (acc[d] + term[d],)
+def _add_vjp_terms(acc, r, w, inv, D: tl.constexpr):
+    """acc + J(r) w, the term formed and then added. Summing it with two FMAs per coordinate
+    instead saves three instructions per pair but was not faster (bench/NOTES.md)."""
+    term = pair_vjp_term(r, w, inv, D)
+    out = ()
+    for d in tl.static_range(D):
+        out = out + (acc[d] + term[d],)
     return out
 
 
@@ -223,7 +218,7 @@ def _acceleration_vjp_kernel(pos_ptr, mass_ptr, grad_ptr, out_ptr, N,
                              G_in: tl.float64, eps2_in: tl.float64, gm_in: tl.float64,
                              rx: tl.float64, ry: tl.float64, rz: tl.float64,
                              D: tl.constexpr, HAS_FIELD: tl.constexpr, ACCUMULATE: tl.constexpr,
-                             FMA_ACC: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
+                             BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
     DTYPE = pos_ptr.dtype.element_ty
     G, eps2, gm, R = launch_constants(G_in, eps2_in, gm_in, rx, ry, rz, DTYPE)
     base = tl.program_id(0).to(tl.int64) * N
@@ -246,13 +241,13 @@ def _acceleration_vjp_kernel(pos_ptr, mass_ptr, grad_ptr, out_ptr, N,
 
     lo, hi, diag_end, n_full, tail = _sweep_bounds(pid_i, N, BLOCK_I, BLOCK_J)
     for j0 in range(0, lo, BLOCK_J):
-        acc = _vjp_tile(acc, xi, mi, gi, offs_i, pos_b, mass_b, grad_b, j0, N, eps2, D, BLOCK_J, False, FMA_ACC)
+        acc = _vjp_tile(acc, xi, mi, gi, offs_i, pos_b, mass_b, grad_b, j0, N, eps2, D, BLOCK_J, False)
     for j0 in range(lo, diag_end, BLOCK_J):
-        acc = _vjp_tile(acc, xi, mi, gi, offs_i, pos_b, mass_b, grad_b, j0, N, eps2, D, BLOCK_J, True, FMA_ACC)
+        acc = _vjp_tile(acc, xi, mi, gi, offs_i, pos_b, mass_b, grad_b, j0, N, eps2, D, BLOCK_J, True)
     for j0 in range(hi, n_full, BLOCK_J):
-        acc = _vjp_tile(acc, xi, mi, gi, offs_i, pos_b, mass_b, grad_b, j0, N, eps2, D, BLOCK_J, False, FMA_ACC)
+        acc = _vjp_tile(acc, xi, mi, gi, offs_i, pos_b, mass_b, grad_b, j0, N, eps2, D, BLOCK_J, False)
     for j0 in range(tail, N, BLOCK_J):
-        acc = _vjp_tile(acc, xi, mi, gi, offs_i, pos_b, mass_b, grad_b, j0, N, eps2, D, BLOCK_J, True, FMA_ACC)
+        acc = _vjp_tile(acc, xi, mi, gi, offs_i, pos_b, mass_b, grad_b, j0, N, eps2, D, BLOCK_J, True)
 
     grad = ()
     for d in tl.static_range(D):
@@ -269,14 +264,14 @@ def _acceleration_vjp_kernel(pos_ptr, mass_ptr, grad_ptr, out_ptr, N,
 
 @triton.jit
 def _small_vjp_sweep(pos_b, mass_b, g_b, N, x_own, g_own, mi, offs_i, eps2,
-                     D: tl.constexpr, NP: tl.constexpr, JC: tl.constexpr, FMA_ACC: tl.constexpr):
+                     D: tl.constexpr, NP: tl.constexpr, JC: tl.constexpr):
     """sum_j J(x_j - x_i)(m_i g_j - m_j g_i) for the NP targets of one system (without G), the
     sources j in chunks of JC: [JC (j), NP (i)] tiles with the targets on the lanes. g_own holds
     the targets' g as loaded from g_b.
 
     Only the i == j pair and padded sources are selected away. Padded targets (i >= N, loaded
     as zeros) compute terms too, possibly inf or NaN, but each target's sum is its own column
-    and no store writes theirs: one select per pair fewer (sm_90, float32, N = 64: 350 -> 342
+    and no store writes theirs: one select per pair fewer (at N = 64, float32: 350 -> 342
     instructions per 4-source chunk)."""
     DTYPE = pos_b.dtype.element_ty
     xi = ()
@@ -299,7 +294,7 @@ def _small_vjp_sweep(pos_b, mass_b, g_b, N, x_own, g_own, mi, offs_i, eps2,
             w = w + (mi * gj[d][:, None] - mj * gi[d],)
         valid = jmask[:, None] & (offs_j[:, None] != offs_i[None, :])
         inv = tl.where(valid, inverse_distance(r, eps2, D), 0.0)  # chosen, never multiplied
-        acc = _add_vjp_terms(acc, r, w, inv, D, FMA_ACC)
+        acc = _add_vjp_terms(acc, r, w, inv, D)
     out = ()
     for d in tl.static_range(D):
         out = out + (tl.sum(acc[d], axis=0),)
@@ -311,7 +306,7 @@ def _acceleration_vjp_small_kernel(pos_ptr, mass_ptr, grad_ptr, out_ptr, N,
                                    G_in: tl.float64, eps2_in: tl.float64, gm_in: tl.float64,
                                    rx: tl.float64, ry: tl.float64, rz: tl.float64,
                                    D: tl.constexpr, HAS_FIELD: tl.constexpr, ACCUMULATE: tl.constexpr,
-                                   FMA_ACC: tl.constexpr, NP: tl.constexpr, JC: tl.constexpr):
+                                   NP: tl.constexpr, JC: tl.constexpr):
     """The VJP of one whole system (N <= NP) per program, sources j in chunks of JC.
 
     Pair terms are [JC (j), NP (i)] tiles with i on the fastest axis, so the lanes of a warp hold
@@ -330,7 +325,7 @@ def _acceleration_vjp_small_kernel(pos_ptr, mass_ptr, grad_ptr, out_ptr, N,
     x_own = _load_coords(pos_b, offs_i, imask, D, True)
     g_own = _load_coords(grad_b, offs_i, imask, D, True)
     mi = tl.load(mass_b + offs_i, mask=imask, other=0.0)[None, :]
-    sums = _small_vjp_sweep(pos_b, mass_b, grad_b, N, x_own, g_own, mi, offs_i, eps2, D, NP, JC, FMA_ACC)
+    sums = _small_vjp_sweep(pos_b, mass_b, grad_b, N, x_own, g_own, mi, offs_i, eps2, D, NP, JC)
     grad = ()
     for d in tl.static_range(D):
         grad = grad + (G * sums[d],)
@@ -344,41 +339,29 @@ def _acceleration_vjp_small_kernel(pos_ptr, mass_ptr, grad_ptr, out_ptr, N,
         tl.store(out_b + offs_i * D + d, value, mask=imask)
 
 
-# Systems up to this many bodies take _acceleration_vjp_small_kernel (0: never; the benchmark's
-# "tiled-vjp" variant times the all-pairs kernel there instead). Read per call.
+# Systems up to this many bodies take _acceleration_vjp_small_kernel, larger ones the all-pairs
+# kernel (whose lane-shuffle reduction over j costs as much as the pair terms for a system of a
+# few dozen bodies). A dispatch limit, not a variant: tests lower it to reach the all-pairs
+# kernel at interpreter sizes.
 SMALL_VJP_MAX_N = 64
-# Sum the VJP's pair terms into the accumulators with two FMAs per coordinate instead of forming
-# each term and adding it (sm_90 SASS, float32, D = 3): in the one-warp small-system kernel 26
-# instead of 29 FP32 instructions per pair, 314 instead of 342 per 4-source chunk, 80 instead of
-# 89 registers; in the all-pairs tile 29.8 instead of 33.8 per pair. Off: on the H200 the N = 64
-# backward did not gain (bench/results/h200-2026-11-26d: 3.03-3.05x against the default's
-# 2.92-3.02x in the same runs; the benchmark's "vjp-fma" variant). Read per call.
-VJP_FMA_ACCUMULATE = False
-# (JC, num_warps) instead of _small_vjp_layout's choice, where set (benchmark variants).
-SMALL_VJP_TILE: Optional[tuple[int, int]] = None
 
 
 def _small_vjp_layout(N: int) -> tuple[int, int, int]:
     """(NP, JC, num_warps): one warp per system, a [JC, NP] pair tile of 256 slots, 8 per thread.
 
-    H200, float32, N = 64, B = 16384, energy-error backward / forward through the launch loop
-    (bench/results/h200-2026-11-26c): (JC, warps) = (4, 1) 3.17x, (8, 1) 3.74x, (8, 2) 3.45-3.98x,
-    (16, 2) 3.9x, (16, 4) 3.84x, (32, 8) 4.65-4.91x; the all-pairs kernel 6.12x. Small programs
-    win: a whole system per program leaves few tiles to overlap within one, so many resident
-    programs per SM must hide the loads' latency instead. But not the smallest: (2, 1), with the
-    boundary folded in (64 registers against 93, 45.5 instructions per pair against 42.1), gave
-    3.16x against (4, 1)'s 2.92x in one run (bench/results/h200-2026-11-26d)."""
+    Small programs win: a whole system per program leaves few tiles to overlap within one, so
+    many resident programs per SM must hide the loads' latency instead. But not the smallest:
+    2-source chunks halve the registers and still ran slower than 4 (the sweep of (JC, warps)
+    is in bench/NOTES.md)."""
     NP = max(16, triton.next_power_of_2(N))
-    if SMALL_VJP_TILE is not None:
-        return NP, *SMALL_VJP_TILE
     return NP, max(1, 256 // NP), 1
 
 
 # GPU tile configurations (BLOCK_I a multiple of BLOCK_J). Lanes run along j and warps along i, so
-# a thread holds BLOCK_I / num_warps targets and reuses each loaded source for all of them. On an
-# H200 (float32 acceleration, N = 131072) all of these reach 1.55-1.72e12 pair interactions/s;
-# 128 x 32 on 8 warps (16 targets a thread, 162 registers) fell to 1.2e12 and is left out; the
-# VJP spills at 128 x 32 on 4 warps, which the autotuner sees as slow.
+# a thread holds BLOCK_I / num_warps targets and reuses each loaded source for all of them. These
+# all measured within 10% of each other at large N; 128 x 32 on 8 warps (16 targets a thread)
+# measured 30% slower and is left out (bench/NOTES.md); the VJP spills at 128 x 32 on 4 warps,
+# which the autotuner sees as slow.
 _GPU_CONFIGS = [
     triton.Config({"BLOCK_I": 32, "BLOCK_J": 32}, num_warps=4),
     triton.Config({"BLOCK_I": 64, "BLOCK_J": 32}, num_warps=4),
@@ -473,8 +456,8 @@ def acceleration_vjp(pos: torch.Tensor, mass: torch.Tensor, grad_acc: torch.Tens
         with _launch.quiet_interpreter():
             _acceleration_vjp_small_kernel[(B,)](
                 pos, mass, grad_acc, out, N, *phys.scalars(), D=D, HAS_FIELD=phys.has_field,
-                ACCUMULATE=accumulate, FMA_ACC=VJP_FMA_ACCUMULATE, NP=NP, JC=JC, num_warps=warps)
+                ACCUMULATE=accumulate, NP=NP, JC=JC, num_warps=warps)
         return
     tuned = None if _launch.INTERPRET else _vjp_tuned
     _launch_pairwise(_acceleration_vjp_kernel, tuned, (pos, mass, grad_acc, out), B, N, D, phys,
-                     ACCUMULATE=accumulate, FMA_ACC=VJP_FMA_ACCUMULATE)
+                     ACCUMULATE=accumulate)

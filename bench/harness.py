@@ -13,11 +13,11 @@ and commits can be compared:
 - JSON-lines rows that carry their own provenance: device name, commit, versions, threads,
   load average and a UTC timestamp.
 
-API (all in this module; `aitimestepper.bench` re-exports it)::
+API (all in this module; the scripts beside it import it as `import harness as h`)::
 
-    from aitimestepper.bench import harness as h
+    import harness as h
 
-    log = h.ResultLog("bench/results/training.jsonl", suite="training")
+    log = h.ResultLog("bench/results/local/training.jsonl", suite="training")
     timing = h.measure(lambda: train_step(batch), device=device, budget_s=5.0)
     row = log.append(case="retrain_iteration", backend="cpu", params={"N": 3, "B": 64},
                      timing=timing, metrics={"iterations_per_s": 1.0 / timing.median_s},
