@@ -21,6 +21,17 @@ def cpu_acceleration_vjp(
 ) -> None:
     """(d acc / d pos)^T grad_acc: out_grad_pos[B,N,D]."""
 
+def cpu_scaled_features(
+    pos: int, vel: int, mass: int, acc: int, out: int, tau: int, B: int, N: int, D: int, G: float,
+    softening: float, double_precision: bool,
+) -> None:
+    """The scaled feature block of features.py (out[B,13], or none for out = 0) and tau[B]."""
+
+def cpu_mlp_forward(
+    x: int, out: int, rows: int, layers: list[tuple[int, int, int, int, int]], double_precision: bool,
+) -> None:
+    """The step network's forward for a few rows (layers: (weight, bias, in, out, activation))."""
+
 def cpu_carried_step(
     pos: int, vel: int, acc: int, mass: int, dt: int, B: int, N: int, D: int, integrator: int,
     physics: tuple[float, ...], double_precision: bool,

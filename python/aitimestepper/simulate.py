@@ -13,9 +13,9 @@ per step, would recompute it at the start of every call), and the learned modes 
 features off the same acceleration. Its state lives in buffers advanced in place by
 ops.bind_carried_step (one compiled call per step on the cpu backend), and the features of the
 state are one compiled call too (features.py): at batch 1 every torch call costs microseconds,
-and a step is then little more than the network's forward. Every loop stops at --step-cap, and the energy error is measured after every step (the
-largest is reported as energy_error_max: a run can end near its starting energy after passing
-through far larger errors).
+and a step is then little more than the network's forward. Every loop stops at --step-cap, and
+the energy error is measured after every step (the largest is reported as energy_error_max: a
+run can end near its starting energy after passing through far larger errors).
 
 The network's architecture, features, history length, normalization and dtype come from the
 checkpoint, as do the system settings it was trained on (N, D, masses, G, softening, field,
