@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .errors import ConfigError
+from .guards import check_device, check_save_name, check_seed
 
 PHASES = ("train", "simulate")
 FEATURE_TYPES = ("basic", "rich", "delta_mag")
@@ -276,6 +277,9 @@ def validate(cfg: Config) -> None:
             raise ConfigError("external_field_position must not be the origin")
     if cfg.dt_max is not None and cfg.dt_max <= cfg.dt_min:
         raise ConfigError(f"dt_max ({cfg.dt_max}) must exceed dt_min ({cfg.dt_min})")
+    check_seed(cfg.seed)
+    check_save_name(cfg.save_name)
+    check_device(cfg.device)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -296,6 +300,10 @@ def read_toml(path: str | Path) -> dict[str, Any]:
             raw = tomllib.load(handle)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {error}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (a TOML file must be)") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {error.strerror or error}") from None
     tables: dict[str, dict[str, Any]] = {"": {}, "train": {}, "simulate": {}}
     for key, value in raw.items():
         if key in PHASES:
