@@ -61,30 +61,31 @@ def check_save_name(name: str) -> None:
 # output locations
 
 
-def _check_folder(folder: Path, what: str) -> None:
+def _check_folder(folder: Path, what: str, target: Optional[Path] = None) -> None:
     """`folder` exists as a writable folder, or can be created: every existing part is a folder
-    and the deepest existing one is writable."""
+    and the deepest existing one is writable. Errors name `target` (default: the folder)."""
+    named = f"{what} {str(target or folder)!r}"
     path = folder
     missing = False
     while not path.exists():
         if path.is_symlink():
-            raise ConfigError(f"{what} {str(folder)!r}: {str(path)!r} is a broken link")
+            raise ConfigError(f"{named}: {str(path)!r} is a broken link")
         missing = True
         if path.parent == path:
             break
         path = path.parent
     if not path.is_dir():
-        raise ConfigError(f"{what} {str(folder)!r}: {str(path)!r} is a file, not a folder")
+        raise ConfigError(f"{named}: {str(path)!r} is a file, not a folder")
     if not os.access(path, os.W_OK | os.X_OK):
         verb = "cannot be created: " if missing else ""
-        raise ConfigError(f"{what} {str(folder)!r} {verb}{str(path)!r} is not writable")
+        raise ConfigError(f"{named} {verb}{str(path)!r} is not writable")
 
 
 def _check_file(file: Path, what: str) -> None:
     """`file` can be written (created, or replaced by a rename) in its folder."""
     if file.is_dir():
         raise ConfigError(f"{what} {str(file)!r} is a folder, not a file")
-    _check_folder(file.parent, f"the folder of {what}")
+    _check_folder(file.parent, what, target=file)
     if file.exists() and not os.access(file, os.W_OK):
         raise ConfigError(f"{what} {str(file)!r} is not writable")
 

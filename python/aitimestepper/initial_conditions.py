@@ -8,6 +8,7 @@ so the error comes before anything runs or is written.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -80,10 +81,14 @@ def load_systems(path: str | Path, dim: int) -> Systems:
     if not path.is_file():
         raise InputError(f"initial-condition file {str(path)!r} does not exist")
     try:
-        data = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, ndmin=2)
+        with warnings.catch_warnings():  # an empty file is reported below, as holding no systems
+            warnings.simplefilter("ignore", UserWarning)
+            data = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, ndmin=2)
     except Exception as error:  # numpy raises several types for unreadable files
         raise InputError(f"cannot read initial conditions from {str(path)!r}: {error}") from None
     data = np.asarray(data, dtype=np.float64)
+    if data.size == 0:
+        raise InputError(f"initial-condition file {str(path)!r} holds no systems (shape {data.shape})")
     if data.ndim == 2:
         data = data[None]
     if data.ndim != 3 or data.shape[-1] != 1 + 2 * dim:
