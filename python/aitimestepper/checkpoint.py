@@ -111,11 +111,10 @@ def validate_checkpoint(data: Any, path: str | Path = "checkpoint") -> None:
     if not isinstance(data, dict) or data.get("format_version") is None:
         raise CheckpointError(f"{str(path)!r} is not an aitimestepper checkpoint (no format_version)")
     if data["format_version"] != FORMAT_VERSION:
-        raise CheckpointError(f"{path} has format_version {data['format_version']}; this version reads "
-                              f"{FORMAT_VERSION}")
+        fail(f"format_version {data['format_version']!r}; this version reads {FORMAT_VERSION}")
     missing = [key for key in REQUIRED_KEYS if key not in data]
     if missing:
-        raise CheckpointError(f"{path} lacks {missing}")
+        fail(f"lacks {missing}")
     for key in ("epoch", "next_epoch", "history_len"):
         if not _is_int(data[key]):
             fail(f"{key} must be an integer, got {_describe(data[key])}")
