@@ -181,7 +181,7 @@ def test_files_that_are_not_checkpoints(tmp_path, capsys, monkeypatch):
                      "not an aitimestepper checkpoint")
         assert "weights_only" not in line
         fails(capsys, ["train", "--resume", name], f"'{name}'", "not an aitimestepper checkpoint")
-    fails(capsys, ["simulate", "--model-path", "folder.pt", f"--backend={BACKEND}"], "'folder.pt'")
+    fails(capsys, ["simulate", "--model-path", "folder.pt", f"--backend={BACKEND}"], "'folder.pt'", "is a folder")
     assert files_under(tmp_path) == ["folder.pt", "list.pt", "pickled.pt", "settings.toml"]
 
 
@@ -244,6 +244,23 @@ def test_read_only_locations(tmp_path, capsys, monkeypatch):
     finally:
         locked.chmod(0o755)
     assert files_under(tmp_path) == ["locked"]
+
+
+def test_unwritable_locations_whoever_runs(tmp_path, capsys, monkeypatch):
+    # os.access answers yes to root for every folder: stand in for a read-only mount.
+    from aitimestepper import guards
+
+    read_only = {tmp_path / "ro", tmp_path / "ro" / "old.json"}
+    monkeypatch.setattr(guards, "_writable", lambda path: path.absolute() not in read_only)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro" / "old.json").write_text("{}")
+    fails(capsys, ["train", "--output-dir", "ro", "--epochs", "1"], "output folder 'ro'", "not writable")
+    fails(capsys, ["train", "--output-dir", "ro/deeper", "--epochs", "1"], "cannot be created", "'ro' is not writable")
+    fails(capsys, SIMULATE + ["--output-json", "ro/new.json"], "'ro/new.json'", "not writable")
+    read_only.discard(tmp_path / "ro")
+    fails(capsys, SIMULATE + ["--output-json", "ro/old.json"], "--output-json 'ro/old.json' is not writable")
+    assert files_under(tmp_path) == ["ro", "ro/old.json"]
 
 
 @pytest.mark.parametrize("name", ["", ".", "..", "a/b", "/abs", "../up"])

@@ -80,7 +80,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Load and check a checkpoint; every problem is a CheckpointError that names the file."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+        problem = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise CheckpointError(f"checkpoint {str(path)!r} {problem}")
     # torch.save writes a zip archive; anything else would only get torch's unpickling advice.
     try:
         is_archive = zipfile.is_zipfile(path)

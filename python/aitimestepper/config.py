@@ -294,7 +294,8 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     """Parse a config file into {"": top-level, "train": {...}, "simulate": {...}}, keys checked."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
+        problem = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise ConfigError(f"config file {str(path)!r} {problem}")
     try:
         with path.open("rb") as handle:
             raw = tomllib.load(handle)

@@ -61,6 +61,11 @@ def check_save_name(name: str) -> None:
 # output locations
 
 
+def _writable(path: Path) -> bool:
+    """Whether this process may write `path` (a file) or create entries in it (a folder)."""
+    return os.access(path, os.W_OK | os.X_OK if path.is_dir() else os.W_OK)
+
+
 def _check_folder(folder: Path, what: str, target: Optional[Path] = None) -> None:
     """`folder` exists as a writable folder, or can be created: every existing part is a folder
     and the deepest existing one is writable. Errors name `target` (default: the folder)."""
@@ -76,7 +81,7 @@ def _check_folder(folder: Path, what: str, target: Optional[Path] = None) -> Non
         path = path.parent
     if not path.is_dir():
         raise ConfigError(f"{named}: {str(path)!r} is a file, not a folder")
-    if not os.access(path, os.W_OK | os.X_OK):
+    if not _writable(path):
         verb = "cannot be created: " if missing else ""
         raise ConfigError(f"{named} {verb}{str(path)!r} is not writable")
 
@@ -86,7 +91,7 @@ def _check_file(file: Path, what: str) -> None:
     if file.is_dir():
         raise ConfigError(f"{what} {str(file)!r} is a folder, not a file")
     _check_folder(file.parent, what, target=file)
-    if file.exists() and not os.access(file, os.W_OK):
+    if file.exists() and not _writable(file):
         raise ConfigError(f"{what} {str(file)!r} is not writable")
 
 
@@ -114,7 +119,6 @@ def output_locations(cfg: Any, phase: str) -> list[tuple[str, Path, str]]:
 
 def check_outputs(cfg: Any, phase: str) -> None:
     """Every location `phase` ('train' or 'simulate') will write can be written; nothing is created."""
-    check_save_name(cfg.save_name)
     for kind, path, what in output_locations(cfg, phase):
         if kind == "folder":
             _check_folder(path, what)
