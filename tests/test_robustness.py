@@ -415,7 +415,7 @@ def test_deadline_and_flag_helpers():
 def test_resume_refuses_changed_settings(trained, tmp_path, capsys, monkeypatch, flags, setting):
     monkeypatch.chdir(tmp_path)
     fails(capsys, ["train", "--resume", str(trained), "--epochs", "4", "--output-dir", "data", "-s", "again"] + flags,
-          f"{setting} cannot change on resume")
+          f"{setting} cannot change on --resume")
     assert files_under(tmp_path) == []
 
 

@@ -15,7 +15,7 @@ import pickle
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -106,7 +106,7 @@ def validate_checkpoint(data: Any, path: str | Path = "checkpoint") -> None:
     there, of the right type and shape, consistent and finite; a CheckpointError names what is not."""
     where = f"checkpoint {str(path)!r}"
 
-    def fail(problem: str) -> None:
+    def fail(problem: str) -> NoReturn:
         raise CheckpointError(f"{where}: {problem}")
 
     if not isinstance(data, dict) or data.get("format_version") is None:
@@ -199,6 +199,8 @@ def validate_checkpoint(data: Any, path: str | Path = "checkpoint") -> None:
         value = live.get(key)
         if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
             fail(f"training_state[{key!r}] must be a tensor of shape {shape}, got {_describe(value)}")
+        if not bool(torch.isfinite(value).all()):
+            fail(f"training_state[{key!r}] holds NaN or inf")
     for key in ("steps_done", "retries"):
         value = live.get(key)
         if not isinstance(value, list) or len(value) != B or not all(_is_int(v) for v in value):

@@ -4,7 +4,8 @@ Everything that makes a run reproducible is seeded from --seed and saved in each
 the global torch RNG (network init, dropout), the IC generator's draws (the ICs themselves are
 saved) and the Part 2 sampler. Resuming restores all of it together with the orbits, their
 history and the replay buffer, so a resumed run computes what the uninterrupted one would have.
-All checks (config, ICs, checkpoint to resume, wandb) run before anything is written.
+All checks (config, ICs, checkpoint to resume, output locations, wandb) run before anything is
+written; the run then locks its folder (runlock.py) for as long as it trains.
 """
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from .. import ops
 from ..checkpoint import FIXED_ON_RESUME, check_system, checkpoint_path, load_checkpoint, save_checkpoint
 from ..config import Config, config_from_dict
 from ..errors import ConfigError, TrainingInterrupted, TrainingStopped
-from ..guards import check_outputs
 from ..features import Featurizer, Scales, scales_from_config
+from ..guards import check_outputs
 from ..initial_conditions import Systems, check_energy, make_systems
 from ..model import FullyConnectedNN, build_model, maybe_compile
 from ..runlock import claim_run_folder
@@ -81,7 +82,7 @@ def _resumed_config(cfg: Config, data: dict[str, Any]) -> Config:
     that describe what the checkpoint holds cannot change (the saved config must stay true)."""
     for key in sorted(cfg.explicit & set(FIXED_ON_RESUME)):
         if getattr(cfg, key) != data["config"][key]:
-            raise ConfigError(f"--resume: {key} cannot change on resume (the checkpoint has {data['config'][key]!r}, "
+            raise ConfigError(f"{key} cannot change on --resume (the checkpoint has {data['config'][key]!r}, "
                               f"this run asks for {getattr(cfg, key)!r}); start a new run to change it")
     merged = dict(data["config"])
     merged.update({key: getattr(cfg, key) for key in cfg.explicit if key != "resume"})
@@ -203,7 +204,8 @@ def _interrupted(run: Run, epoch: int, last_path: Optional[Path], signum: int) -
 
 
 def run_training(cfg: Config, *, progress: bool = True, stream: TextIO = sys.stderr) -> TrainingResult:
-    """Train as configured; raises TrainingStopped (after saving a checkpoint) at the retrain cap."""
+    """Train as configured; raises TrainingStopped at the retrain cap and TrainingInterrupted on
+    SIGINT/SIGTERM (after the current epoch), both after saving a checkpoint."""
     started = time.perf_counter()
     run = setup(cfg)
     cfg, trainer = run.cfg, run.trainer
