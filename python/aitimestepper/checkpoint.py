@@ -175,7 +175,8 @@ def validate_checkpoint(data: Any, path: str | Path = "checkpoint") -> None:
     try:
         model.load_state_dict(state, assign=True)
     except RuntimeError as error:
-        fail(f"model_state_dict does not match its architecture: {' '.join(str(error).split())}")
+        detail = " ".join(str(error).split()).split(f"{type(model).__name__}:", 1)[-1].strip()
+        fail(f"model_state_dict does not match its architecture: {detail}")
     _check_optimizer(data["optimizer_state_dict"], [tuple(p.shape) for p in model.parameters()], fail)
 
     # The training systems and the live training state (what --resume restores).

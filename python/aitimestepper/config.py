@@ -241,6 +241,9 @@ def validate(cfg: Config) -> None:
         choices = f.metadata.get("choices")
         if choices and getattr(cfg, f.name) not in choices:
             raise ConfigError(f"{f.name} must be one of {list(choices)}, got {getattr(cfg, f.name)!r}")
+    check_seed(cfg.seed)
+    check_save_name(cfg.save_name)
+    check_device(cfg.device)
     if cfg.dim not in (2, 3):
         raise ConfigError(f"dim must be 2 or 3, got {cfg.dim}")
     if cfg.num_particles < 2:
@@ -277,9 +280,6 @@ def validate(cfg: Config) -> None:
             raise ConfigError("external_field_position must not be the origin")
     if cfg.dt_max is not None and cfg.dt_max <= cfg.dt_min:
         raise ConfigError(f"dt_max ({cfg.dt_max}) must exceed dt_min ({cfg.dt_min})")
-    check_seed(cfg.seed)
-    check_save_name(cfg.save_name)
-    check_device(cfg.device)
 
 
 # ----------------------------------------------------------------------------------------------
