@@ -98,6 +98,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {first_line}") from None
     validate_checkpoint(data, path)
+    # Generator states are CPU byte tensors whatever the device (map_location moved them too).
+    rng = data["rng"]
+    data["rng"] = {**rng, "torch": rng["torch"].cpu(), "sampler": rng["sampler"].cpu(),
+                   "cuda": [state.cpu() for state in rng.get("cuda", [])]}
     return data
 
 
@@ -215,11 +219,13 @@ def validate_checkpoint(data: Any, path: str | Path = "checkpoint") -> None:
 
     rng = data["rng"]
     for key in ("torch", "sampler"):
+        state = rng.get(key)
         try:
-            torch.Generator().set_state(rng.get(key))
-        except (TypeError, RuntimeError, ValueError):
-            fail(f"rng[{key!r}] is not a generator state, got {_describe(rng.get(key))}")
-    if not isinstance(rng.get("cuda", []), list):
+            torch.Generator().set_state(state.cpu())
+        except (AttributeError, TypeError, RuntimeError, ValueError):
+            fail(f"rng[{key!r}] is not a generator state, got {_describe(state)}")
+    cuda = rng.get("cuda", [])
+    if not isinstance(cuda, list) or not all(isinstance(s, torch.Tensor) and s.dtype == torch.uint8 for s in cuda):
         fail("rng['cuda'] must be a list of generator states")
 
 
