@@ -100,7 +100,11 @@ def test_toml_that_is_not_utf8(tmp_path, capsys, monkeypatch):
 # 4: broken and foreign checkpoints
 
 
+_DELETE = object()
+
+
 def _set(path: list, value):
+    """A corruption: delete data[path...], set it to `value`, or to value(old) for a callable."""
     def change(data):
         target = data
         for key in path[:-1]:
@@ -110,9 +114,6 @@ def _set(path: list, value):
         else:
             target[path[-1]] = value(target[path[-1]]) if callable(value) else value
     return change
-
-
-_DELETE = object()
 
 
 def _nan_weight(data):
