@@ -7,18 +7,20 @@ arguments first, wherever it stands (before or after the subcommand). Human-read
 (progress, the training summary, errors) goes to stderr; machine-readable JSON to stdout.
 
 Exit status: 0 success, 2 bad usage or input (nothing written), 3 training stopped at the
-retrain cap (a checkpoint was written).
+retrain cap (a checkpoint was written), 130 / 143 training stopped by SIGINT / SIGTERM after the
+current epoch (a checkpoint was written; 130 also for an interrupt before training starts).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import signal
 import sys
 from typing import Any, Optional, Sequence
 
 from .config import Config, build_config, read_toml, setting_type, settings
-from .errors import AITimeStepperError, ConfigError, TrainingStopped
+from .errors import AITimeStepperError, ConfigError, TrainingInterrupted, TrainingStopped
 
 EXIT_USAGE = 2
 EXIT_STOPPED = 3
@@ -165,9 +167,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             evaluate(sim_cfg)
         else:
             run_both(train_cfg, sim_cfg)
+    except TrainingInterrupted as stop:
+        print(f"error: {stop}", file=sys.stderr)
+        return 128 + stop.signum
     except TrainingStopped as stop:
         print(f"error: {stop}", file=sys.stderr)
         return EXIT_STOPPED
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
     except (AITimeStepperError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -176,9 +184,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def run_both(train_cfg: Config, sim_cfg: Config) -> list[dict[str, Any]]:
     """Train, then simulate with the last checkpoint (ml, or history if the model uses history)."""
-    from .simulate import run_simulation
+    from .simulate import check_simulation, run_simulation
     from .training import run_training
+    from .training.loop import resolved_config
 
+    check_simulation(sim_cfg, resolved_config(train_cfg))
     result = run_training(train_cfg)
     if result.checkpoint is None:
         raise ConfigError("training wrote no checkpoint (no epochs left to run?); nothing to simulate")

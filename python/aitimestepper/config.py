@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .errors import ConfigError
+from .guards import check_device, check_save_name, check_seed
 
 PHASES = ("train", "simulate", "evaluate")
 FEATURE_TYPES = ("scaled", "basic", "rich", "delta_mag")
@@ -256,6 +257,9 @@ def validate(cfg: Config) -> None:
         choices = f.metadata.get("choices")
         if choices and getattr(cfg, f.name) not in choices:
             raise ConfigError(f"{f.name} must be one of {list(choices)}, got {getattr(cfg, f.name)!r}")
+    check_seed(cfg.seed)
+    check_save_name(cfg.save_name)
+    check_device(cfg.device)
     if cfg.dim not in (2, 3):
         raise ConfigError(f"dim must be 2 or 3, got {cfg.dim}")
     if cfg.num_particles < 2:
@@ -312,12 +316,17 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     """Parse a config file into {"": top-level, "train": {...}, "simulate": {...}}, keys checked."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
+        problem = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise ConfigError(f"config file {str(path)!r} {problem}")
     try:
         with path.open("rb") as handle:
             raw = tomllib.load(handle)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {error}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (a TOML file must be)") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {error.strerror or error}") from None
     tables: dict[str, dict[str, Any]] = {"": {}, **{phase: {} for phase in PHASES}}
     for key, value in raw.items():
         if key in PHASES:

@@ -36,3 +36,11 @@ class TrainingStopped(AITimeStepperError, RuntimeError):
     def __init__(self, message: str, checkpoint_path: str | None = None) -> None:
         super().__init__(message)
         self.checkpoint_path = checkpoint_path
+
+
+class TrainingInterrupted(TrainingStopped):
+    """SIGINT or SIGTERM stopped training between epochs; a checkpoint was saved."""
+
+    def __init__(self, message: str, checkpoint_path: str | None, signum: int) -> None:
+        super().__init__(message, checkpoint_path)
+        self.signum = signum

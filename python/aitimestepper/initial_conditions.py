@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -99,10 +100,14 @@ def load_systems(path: str | Path, dim: int) -> Systems:
     if path.suffix == ".json":
         return load_case(path, dim)
     try:
-        data = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, ndmin=2)
+        with warnings.catch_warnings():  # an empty file is reported below, as holding no systems
+            warnings.simplefilter("ignore", UserWarning)
+            data = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, ndmin=2)
     except Exception as error:  # numpy raises several types for unreadable files
         raise InputError(f"cannot read initial conditions from {str(path)!r}: {error}") from None
     data = np.asarray(data, dtype=np.float64)
+    if data.size == 0:
+        raise InputError(f"initial-condition file {str(path)!r} holds no systems (shape {data.shape})")
     if data.ndim == 2:
         data = data[None]
     if data.ndim != 3 or data.shape[-1] != 1 + 2 * dim:

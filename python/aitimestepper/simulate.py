@@ -40,6 +40,7 @@ from . import ops
 from .checkpoint import check_system, load_checkpoint, resolve_checkpoint, restore_model
 from .config import Config, config_from_dict
 from .errors import ConfigError
+from .guards import check_outputs
 from .initial_conditions import Systems, kepler_period, make_systems
 from .physics.integrators import substep_weights
 from .physics.timescale import bind_dynamical_time
@@ -379,7 +380,10 @@ def results_json(cfg: Config, systems: Systems, out: dict[str, Any]) -> list[dic
 
 def _t_end(cfg: Config, systems: Systems) -> Optional[torch.Tensor]:
     if cfg.Nperiod is not None:
-        return cfg.Nperiod * kepler_period(systems, cfg.G).to(systems.pos)
+        t_end = cfg.Nperiod * kepler_period(systems, cfg.G).to(systems.pos)
+        if not bool(torch.isfinite(t_end).all()):
+            raise ConfigError("--Nperiod needs bound two-body systems; some system here is unbound")
+        return t_end
     if cfg.duration is not None:
         return torch.full_like(systems.mass[:, 0], cfg.duration)
     return None
@@ -389,12 +393,41 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(text)
-    os.replace(temp, path)
+    try:
+        temp.write_text(text)
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def check_simulation(cfg: Config, trained: Config) -> None:
+    """The checks run_simulation makes before it integrates, for a model that is still to be
+    trained with the settings `trained`: the `both` command runs them before it trains."""
+    check_outputs(cfg, "simulate")
+    values = cfg.to_dict()
+    for key in INHERITED_FROM_CHECKPOINT:
+        if key not in cfg.explicit:
+            values[key] = getattr(trained, key)
+    cfg = config_from_dict(values, explicit=cfg.explicit)
+    if "integrator_mode" in cfg.explicit and cfg.integrator_mode in ("ml", "history"):
+        if (cfg.integrator_mode == "history") != (trained.history_len > 0):
+            raise ConfigError(f"--integrator-mode {cfg.integrator_mode} does not fit a model trained with "
+                              f"history_len {trained.history_len} (history needs >= 1, ml needs 0)")
+    if cfg.movie or cfg.plot is not None:
+        from .plotting import require_matplotlib
+
+        require_matplotlib()
+    systems = make_systems(cfg, torch.Generator().manual_seed(cfg.seed))
+    if (systems.pos.shape[-2], systems.pos.shape[-1]) != (trained.num_particles, trained.dim):
+        raise ConfigError(f"the simulated systems have N = {systems.pos.shape[-2]}, D = {systems.pos.shape[-1]} "
+                          f"but training uses N = {trained.num_particles}, D = {trained.dim}")
+    _t_end(cfg, systems)
 
 
 def run_simulation(cfg: Config, *, stream: Optional[TextIO] = sys.stdout) -> list[dict[str, Any]]:
     """Simulate as configured; print one JSON line per system and write --output-json/--movie/--plot."""
+    check_outputs(cfg, "simulate")
     checkpoint = None
     if cfg.integrator_mode in ("ml", "history"):
         if not cfg.model_path:
@@ -411,8 +444,6 @@ def run_simulation(cfg: Config, *, stream: Optional[TextIO] = sys.stdout) -> lis
     if checkpoint is not None:
         check_system(checkpoint, systems.pos.shape[-2], systems.pos.shape[-1], cfg.model_path)
     t_end = _t_end(cfg, systems)
-    if t_end is not None and not bool(torch.isfinite(t_end).all()):
-        raise ConfigError("--Nperiod needs bound two-body systems; some system here is unbound")
     recording = Recording(cfg.movie_max_frames) if (cfg.movie or cfg.plot is not None) else None
     if recording is not None:
         # No step leads into the first frame: its dt is NaN, which the plot leaves out (not a 0).

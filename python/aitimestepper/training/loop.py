@@ -4,10 +4,12 @@ Everything that makes a run reproducible is seeded from --seed and saved in each
 the global torch RNG (network init, dropout), the IC generator's draws (the ICs themselves are
 saved) and the Part 2 sampler. Resuming restores all of it together with the orbits, their
 history and the replay buffer, so a resumed run computes what the uninterrupted one would have.
-All checks (config, ICs, checkpoint to resume, wandb) run before anything is written.
+All checks (config, ICs, checkpoint to resume, output locations, wandb) run before anything is
+written; the run then locks its folder (runlock.py) for as long as it trains.
 """
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -18,12 +20,15 @@ import torch
 from tqdm import tqdm
 
 from .. import ops
-from ..checkpoint import FORMAT_VERSION, check_system, checkpoint_path, load_checkpoint, save_checkpoint
+from ..checkpoint import FIXED_ON_RESUME, FORMAT_VERSION, check_system, checkpoint_path, load_checkpoint, save_checkpoint
 from ..config import Config, config_from_dict
-from ..errors import TrainingStopped
+from ..errors import ConfigError, TrainingInterrupted, TrainingStopped
 from ..features import Featurizer, Scales, scales_from_config
+from ..guards import check_outputs
 from ..initial_conditions import Systems, check_energy, make_systems
 from ..model import FullyConnectedNN, build_model, maybe_compile
+from ..runlock import claim_run_folder
+from . import stops
 from .metrics import MetricsLogger, require_wandb
 from .part1 import RetrainCapReached, collect
 from .part2 import replay
@@ -73,11 +78,21 @@ class Run:
 
 
 def _resumed_config(cfg: Config, data: dict[str, Any]) -> Config:
-    """The checkpoint's settings, overridden by what this invocation set explicitly."""
+    """The checkpoint's settings, overridden by what this invocation set explicitly; settings
+    that describe what the checkpoint holds cannot change (the saved config must stay true)."""
+    for key in sorted(cfg.explicit & set(FIXED_ON_RESUME)):
+        if getattr(cfg, key) != data["config"][key]:
+            raise ConfigError(f"{key} cannot change on --resume (the checkpoint has {data['config'][key]!r}, "
+                              f"this run asks for {getattr(cfg, key)!r}); start a new run to change it")
     merged = dict(data["config"])
     merged.update({key: getattr(cfg, key) for key in cfg.explicit if key != "resume"})
     merged["resume"] = cfg.resume
     return config_from_dict(merged, explicit=cfg.explicit)
+
+
+def resolved_config(cfg: Config) -> Config:
+    """The settings a training run will use: with --resume, the checkpoint's merged with cfg."""
+    return _resumed_config(cfg, load_checkpoint(cfg.resume)) if cfg.resume else cfg
 
 
 def setup(cfg: Config) -> Run:
@@ -87,6 +102,7 @@ def setup(cfg: Config) -> Run:
         data = load_checkpoint(cfg.resume, map_location=cfg.device)
         cfg = _resumed_config(cfg, data)
         check_system(data, cfg.num_particles, cfg.dim, cfg.resume)
+    check_outputs(cfg, "train")
     if cfg.wandb:
         require_wandb()
     if cfg.tf32 and torch.cuda.is_available():
@@ -127,6 +143,8 @@ def setup(cfg: Config) -> Run:
 def _restore(run: Run, data: dict[str, Any]) -> None:
     trainer, saved = run.trainer, data["training_state"]
     trainer.optimizer.load_state_dict(data["optimizer_state_dict"])
+    for group in trainer.optimizer.param_groups:  # --lr / --weight-decay of this run, as its config says
+        group["lr"], group["weight_decay"] = run.cfg.lr, run.cfg.weight_decay
     o = trainer.orbits
     for key in ("pos", "vel", "acc", "energy"):
         getattr(o, key).copy_(saved[key])
@@ -176,16 +194,33 @@ def _summary_rates(metrics: list[dict[str, Any]]) -> tuple[float, float]:
     return converged / len(metrics), pass_rate
 
 
+def _interrupted(run: Run, epoch: int, last_path: Optional[Path], signum: int) -> TrainingInterrupted:
+    """Checkpoint the finished epoch (unless that just happened) for a run stopped by a signal."""
+    path = checkpoint_path(run.cfg.run_dir, epoch)
+    if last_path != path:
+        path = save_checkpoint(path, checkpoint_payload(run, epoch, epoch + 1, "interrupted"))
+    return TrainingInterrupted(f"training interrupted by {signal.Signals(signum).name} after epoch {epoch}; "
+                               f"checkpoint saved to {path} (continue with --resume {path})", str(path), signum)
+
+
 def run_training(cfg: Config, *, progress: bool = True, stream: TextIO = sys.stderr) -> TrainingResult:
-    """Train as configured; raises TrainingStopped (after saving a checkpoint) at the retrain cap."""
+    """Train as configured; raises TrainingStopped at the retrain cap and TrainingInterrupted on
+    SIGINT/SIGTERM (after the current epoch), both after saving a checkpoint."""
     started = time.perf_counter()
     run = setup(cfg)
     cfg, trainer = run.cfg, run.trainer
-    logger = MetricsLogger(cfg.run_dir / "metrics.jsonl", cfg, resume=bool(cfg.resume))
+    lock = claim_run_folder(cfg.run_dir)
+    try:
+        logger = MetricsLogger(cfg.run_dir / "metrics.jsonl", cfg, resume=bool(cfg.resume),
+                               resume_epoch=run.next_epoch)
+    except BaseException:
+        lock.release()
+        raise
     last_path: Optional[Path] = None
     stop_reason = "epochs"
     bar = tqdm(range(run.next_epoch, cfg.epochs), desc="epochs", disable=not progress, file=stream,
                initial=run.next_epoch, total=cfg.epochs)
+    stops.install(started, cfg.duration)
     try:
         for epoch in bar:
             epoch_start = time.perf_counter()
@@ -217,9 +252,13 @@ def run_training(cfg: Config, *, progress: bool = True, stream: TextIO = sys.std
                                             checkpoint_payload(run, epoch, epoch + 1, stop_reason))
             if out_of_time:
                 break
+            if stops.stop_requested() is not None:
+                raise _interrupted(run, epoch, last_path, stops.stop_requested())
     finally:
+        stops.restore()
         bar.close()
         logger.close()
+        lock.release()
     convergence, pass_rate = _summary_rates(run.metrics)
     result = TrainingResult(len(run.metrics), time.perf_counter() - started, convergence, len(trainer.replay),
                             pass_rate, str(last_path) if last_path else None, stop_reason, run.metrics)

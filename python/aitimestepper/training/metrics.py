@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 
 def require_wandb():
@@ -26,9 +27,38 @@ def _finite_or_none(value: Any) -> Any:
     return value
 
 
+def truncate_metrics(path: str | Path, next_epoch: int) -> None:
+    """Drop the records of epochs >= next_epoch (logged after the checkpoint a run resumes from)
+    and any line a kill cut short; the file is replaced atomically."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    kept = []
+    with path.open() as stream:
+        for line in stream:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("epoch"), int) and record["epoch"] >= next_epoch:
+                continue
+            kept.append(line if line.endswith("\n") else line + "\n")
+    temp = path.with_name(f".{path.name}.tmp")
+    try:
+        temp.write_text("".join(kept))
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
 class MetricsLogger:
-    def __init__(self, path: Path, cfg=None, resume: bool = False) -> None:
+    def __init__(self, path: Path, cfg=None, resume: bool = False, resume_epoch: Optional[int] = None) -> None:
+        """`resume_epoch`: the epoch a resumed run continues with; later records in the file
+        (written after its checkpoint by the run that stopped) are dropped first."""
         self.path = Path(path)
+        if resume and resume_epoch is not None:
+            truncate_metrics(self.path, resume_epoch)
         self._mode = "a" if resume else "w"
         self._file = None
         self._wandb = None
