@@ -48,7 +48,8 @@ def checkpoint_path(run_dir: str | Path, epoch: int) -> Path:
 def latest_checkpoint(run_dir: str | Path) -> Path:
     candidates = sorted((Path(run_dir) / "model").glob("model_epoch_*.pt"))
     if not candidates:
-        raise CheckpointError(f"no checkpoint found under {Path(run_dir) / 'model'}")
+        raise CheckpointError(f"{str(run_dir)!r} is a folder but not a run folder: no checkpoint "
+                              f"model/model_epoch_*.pt in it")
     return candidates[-1]
 
 
