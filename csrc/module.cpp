@@ -11,6 +11,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <tuple>
@@ -361,7 +362,8 @@ void cpu_scaled_features(std::uintptr_t pos, std::uintptr_t vel, std::uintptr_t 
 // The step network's forward for a few rows: x [rows, in] -> out [rows, width of the last layer];
 // layers is a sequence of (weight ptr, bias ptr, in, out, activation code of aits::cpu::Activation).
 void cpu_mlp_forward(std::uintptr_t x, std::uintptr_t out, int64_t rows, py::sequence layers,
-                     bool double_precision) {
+                     bool double_precision, std::uintptr_t dt, bool scale_aware, std::uintptr_t tau,
+                     double factor, double offset, double dt_max) {
   require(x, "x");
   require(out, "out");
   std::vector<aits::cpu::DenseLayer> dense;
@@ -380,8 +382,21 @@ void cpu_mlp_forward(std::uintptr_t x, std::uintptr_t out, int64_t rows, py::seq
   for (size_t i = 1; i < dense.size(); ++i)
     if (dense[i].in != dense[i - 1].out) throw py::value_error("layer widths do not chain");
   if (rows <= 0) return;
+  if (dt != 0 && scale_aware) require(tau, "tau");
+  const aits::cpu::StepHead head{scale_aware, ptr(tau), factor, offset, dt_max};
   py::gil_scoped_release nogil;
-  aits::cpu::mlp_forward(double_precision, ptr(x), ptr(out), rows, dense);
+  aits::cpu::mlp_forward(double_precision, ptr(x), ptr(out), rows, dense, dt != 0 ? &head : nullptr,
+                         dt != 0 ? ptr(dt) : nullptr);
+}
+
+// The symmetric step rule: h [n] from f [n] and rho [n] (1/previous h, updated in place).
+void cpu_symmetric_step(std::uintptr_t f, std::uintptr_t rho, std::uintptr_t h, int64_t n,
+                        bool double_precision) {
+  require(f, "f");
+  require(rho, "rho");
+  require(h, "h");
+  if (n <= 0) return;
+  aits::cpu::symmetric_step(double_precision, ptr(f), ptr(rho), ptr(h), n);
 }
 
 // One step of `integrator` applied in place to pos, vel, acc [B,N,D] (acc = a(pos) in and out).
@@ -421,8 +436,14 @@ PYBIND11_MODULE(_core, m) {
         py::arg("tau"), py::arg("B"), py::arg("N"), py::arg("D"), py::arg("G"),
         py::arg("softening"), py::arg("double_precision"));
   m.def("cpu_mlp_forward", &cpu_mlp_forward,
-        "The step network's forward for a few rows (layers: (weight, bias, in, out, activation)).",
-        py::arg("x"), py::arg("out"), py::arg("rows"), py::arg("layers"), py::arg("double_precision"));
+        "The step network's forward for a few rows (layers: (weight, bias, in, out, activation)); "
+        "with dt != 0 also the step of each row (model.py dt_from_output).",
+        py::arg("x"), py::arg("out"), py::arg("rows"), py::arg("layers"), py::arg("double_precision"),
+        py::arg("dt") = 0, py::arg("scale_aware") = false, py::arg("tau") = 0, py::arg("factor") = 1.0,
+        py::arg("offset") = 0.0, py::arg("dt_max") = std::numeric_limits<double>::infinity());
+  m.def("cpu_symmetric_step", &cpu_symmetric_step,
+        "The symmetric step rule of simulate.py: h[n] from f[n] and rho[n] = 1/previous h (in place).",
+        py::arg("f"), py::arg("rho"), py::arg("h"), py::arg("n"), py::arg("double_precision"));
   m.def("cpu_carried_step", &cpu_carried_step,
         "One step in place on pos, vel, acc [B,N,D], carrying the acceleration (acc = a(pos)).",
         py::arg("pos"), py::arg("vel"), py::arg("acc"), py::arg("mass"), py::arg("dt"),

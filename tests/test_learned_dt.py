@@ -249,3 +249,32 @@ def test_inference_forward_matches_the_module(dtype, activation):
         torch.testing.assert_close(fast, reference, rtol=tolerance, atol=0)
     compiled = model._compiled_layers()
     assert compiled is not None or "cpu" not in __import__("aitimestepper").backends()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("dt_param", ["scale-aware", "absolute"])
+def test_compiled_step_head_matches_dt_from_output(dtype, dt_param):
+    torch.manual_seed(1)
+    model = FullyConnectedNN(13, [16], dropout=0.0, dt_param=dt_param, dt_max=0.05).to(dtype).eval()
+    with torch.no_grad():
+        model.net[-2].weight.normal_()
+    x, tau = torch.randn(4, 13, dtype=dtype), torch.rand(4, dtype=dtype) + 0.5
+    with torch.inference_mode():
+        fast = model.dt(x, tau)
+        reference = model.dt_from_output(model(x), tau)
+    torch.testing.assert_close(fast, reference, rtol=1e-13 if dtype is torch.float64 else 2e-6, atol=0)
+    assert bool((fast <= torch.tensor(0.05, dtype=dtype)).all())  # the cap, rounded to the dtype
+
+
+def test_compiled_symmetric_rule_is_the_formula(monkeypatch):
+    import aitimestepper.simulate as simulate
+
+    g = torch.Generator().manual_seed(4)
+    fs = [torch.rand(5, generator=g, dtype=DTYPE) + 0.1 for _ in range(30)]
+    fs[7][2] = float("nan")  # a diverged system's f: NaN passes through both
+    runs = []
+    for compiled in (True, False):
+        monkeypatch.setattr(simulate, "_COMPILED_RULE", compiled)
+        rule = SymmetricSteps()
+        runs.append(torch.stack([rule(f) for f in fs]))
+    torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0, equal_nan=True)

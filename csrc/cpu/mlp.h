@@ -19,9 +19,25 @@ struct DenseLayer {
   Activation activation;
 };
 
-// x [rows, layers[0].in] -> out [rows, layers.back().out], all in the dtype chosen by
-// double_precision; sums in double whatever the dtype.
+// How output 0 of the network becomes the step (model.py dt_from_output): scale-aware
+// dt = out0 * tau * factor, absolute dt = out0 + offset; then capped at dt_max.
+struct StepHead {
+  bool scale_aware;
+  const void* tau;  // [rows], scale-aware only
+  double factor;
+  double offset;
+  double dt_max;  // +inf: no cap
+};
+
+// x [rows, layers[0].in] -> out [rows, layers.back().out], and dt [rows] when `head` and `dt`
+// are given; all in the dtype chosen by double_precision, sums in double whatever the dtype.
 void mlp_forward(bool double_precision, const void* x, void* out, int64_t rows,
-                 const std::vector<DenseLayer>& layers);
+                 const std::vector<DenseLayer>& layers, const StepHead* head = nullptr,
+                 void* dt = nullptr);
+
+// The symmetric step rule of simulate.py (SymmetricSteps) on rho = 1/h, for n systems: given
+// f [n] and the previous rho [n] (updated in place), h = 1/rho with
+// rho = clamp(2/f - rho_prev, 1/(2f), 2/f).
+void symmetric_step(bool double_precision, const void* f, void* rho, void* h, int64_t n);
 
 }  // namespace aits::cpu

@@ -98,7 +98,24 @@ class FullyConnectedNN(nn.Module):
         (unused by the absolute parametrization)."""
         if self.training or torch.is_grad_enabled() or self.embedding is not None:
             return self.dt_from_output(self(x), tau)
+        layers = self._compiled_layers()
+        if layers is not None and x.dim() == 2 and x.shape[0] <= COMPILED_MAX_ROWS and x.is_cpu \
+                and x.dtype is layers[0][0].dtype and tau.dtype is x.dtype and tau.is_contiguous():
+            return self._compiled_forward(x, layers, tau)[1]
         return self.dt_from_output(self._inference(x), tau)
+
+    def _compiled_forward(self, x: torch.Tensor, layers: list, tau: Optional[torch.Tensor] = None):
+        """(outputs, dt or None) of a few CPU rows from one compiled call: the network, and with
+        tau also dt_from_output's step, computed in double and rounded once."""
+        out = x.new_empty(x.shape[0], self._architecture["output_dim"])
+        dt = x.new_empty(x.shape[0]) if tau is not None else None
+        # Pointers are read per call: .to() and load_state_dict may move the parameters.
+        _core.cpu_mlp_forward(x.contiguous().data_ptr(), out.data_ptr(), x.shape[0],
+                              [(w.data_ptr(), b.data_ptr(), *rest) for w, b, *rest in layers],
+                              x.dtype is torch.float64, 0 if dt is None else dt.data_ptr(), self.scale_aware,
+                              0 if tau is None else tau.data_ptr(), self._factor, self.dt_min,
+                              math.inf if self.dt_max is None else self.dt_max)
+        return out, dt
 
     def _inference(self, x: torch.Tensor) -> torch.Tensor:
         """forward() in eval mode without gradients. A few rows on the CPU (the simulation's one
@@ -108,12 +125,7 @@ class FullyConnectedNN(nn.Module):
         layers = self._compiled_layers()
         if layers is not None and x.dim() == 2 and x.shape[0] <= COMPILED_MAX_ROWS and x.is_cpu \
                 and x.dtype is layers[0][0].dtype:
-            out = x.new_empty(x.shape[0], self._architecture["output_dim"])
-            # Pointers are read per call: .to() and load_state_dict may move the parameters.
-            _core.cpu_mlp_forward(x.contiguous().data_ptr(), out.data_ptr(), x.shape[0],
-                                  [(w.data_ptr(), b.data_ptr(), *rest) for w, b, *rest in layers],
-                                  x.dtype is torch.float64)
-            return out
+            return self._compiled_forward(x, layers)[0]
         for function, *arguments in self._plan():
             x = function(x, *arguments)
         return x

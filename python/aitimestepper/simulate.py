@@ -43,6 +43,7 @@ from .errors import ConfigError
 from .guards import check_outputs
 from .initial_conditions import Systems, kepler_period, make_systems
 from .physics.integrators import substep_weights
+from .ops.backends import _core
 from .physics.timescale import bind_dynamical_time
 
 # System settings a checkpoint supplies unless the user gives them explicitly.
@@ -50,6 +51,7 @@ INHERITED_FROM_CHECKPOINT = ("num_particles", "dim", "mass", "G", "softening", "
                              "external_field_position", "dtype", "ic", "e_min", "e_max", "a_min", "a_max",
                              "pos_scale", "vel_scale")
 CHUNK = 1024  # steps per dt-statistics flush
+_COMPILED_RULE = _core is not None and hasattr(_core, "cpu_symmetric_step")
 CHECK_EVERY = 16  # steps between host checks of "all systems finished" in time-limited runs
 
 
@@ -110,10 +112,16 @@ class SymmetricSteps:
         self.rho = h.reciprocal()
 
     def __call__(self, f: torch.Tensor) -> torch.Tensor:
-        inverse = f.reciprocal()
         if self.rho is None:
-            self.rho = inverse
+            self.rho = f.reciprocal()
             return f
+        if _COMPILED_RULE and f.is_cpu and f.dim() == 1 and f.is_contiguous() and f.dtype is self.rho.dtype \
+                and f.dtype in (torch.float32, torch.float64) and self.rho.is_contiguous() and not f.requires_grad:
+            h = torch.empty_like(f)  # one compiled call (csrc/cpu/mlp.cpp) of the formula below
+            _core.cpu_symmetric_step(f.data_ptr(), self.rho.data_ptr(), h.data_ptr(), f.shape[0],
+                                     f.dtype is torch.float64)
+            return h
+        inverse = f.reciprocal()
         rho = torch.add(inverse, inverse - self.rho)  # 2/f - 1/h_prev
         self.rho = torch.clamp(rho, min=0.5 * inverse, max=2 * inverse)
         return self.rho.reciprocal()
