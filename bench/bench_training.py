@@ -31,7 +31,7 @@ ALWAYS_FAIL = 1e-300
 
 def retrain_iteration(trainer) -> None:
     """What Part 1 does when every orbit fails the gate: judge (one host sync), then one Adam step."""
-    gate, _, _ = part1.judge(trainer)
+    gate, *_ = part1.judge(trainer)
     part1.retrain(trainer, gate, list(range(trainer.orbits.count)))
 
 

@@ -18,7 +18,7 @@ import torch
 from _product import BACKEND, tiny_config
 from aitimestepper import ops
 from aitimestepper.config import build_config
-from aitimestepper.errors import ConfigError
+from aitimestepper.errors import ConfigError, TrainingStopped
 from aitimestepper.evaluate import evaluate, interpolate, Run
 from aitimestepper.features import Featurizer, Scales
 from aitimestepper.model import FullyConnectedNN
@@ -278,3 +278,24 @@ def test_compiled_symmetric_rule_is_the_formula(monkeypatch):
         rule = SymmetricSteps()
         runs.append(torch.stack([rule(f) for f in fs]))
     torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0, equal_nan=True)
+
+
+def test_duration_stops_a_part1_that_never_passes(tmp_path):
+    """--max-retrain-steps 0 with a gate no step can pass used to spin forever inside Part 1."""
+    import time
+
+    cfg = tiny_config(tmp_path, max_retrain_steps=0, energy_threshold=1e-12, E_upper=1e-12, E_lower=1e-13,
+                      eta_init=0.5, lr=1e-12, epochs=5, duration=2.0)
+    started = time.perf_counter()
+    result = run_training(cfg, progress=False)
+    assert time.perf_counter() - started < 30
+    assert result.stop_reason == "duration" and result.checkpoint is not None
+    assert result.metrics[-1]["accepted"] == 0 and result.metrics[-1]["retrain_steps"] > 0
+
+
+def test_a_step_that_no_longer_moves_the_state_is_not_accepted(tmp_path):
+    """An unreachable threshold used to be 'met' once dt was too small to change the state (r = 0)."""
+    cfg = tiny_config(tmp_path, energy_threshold=1e-30, E_upper=1e-30, E_lower=1e-31, eta_init=1e-20,
+                      max_retrain_steps=0)
+    with pytest.raises(TrainingStopped, match="no longer moves the state"):
+        run_training(cfg, progress=False)

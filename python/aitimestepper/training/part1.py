@@ -10,7 +10,8 @@ needlessly small pushes dt up as a failing one pushes it down. (While an orbit f
 failing ones count: the passing ones would outvote the state that blocks its orbit.) Failing
 orbits are then judged again from the same state. The one host sync per attempt is the accept decision. An orbit that reaches
 --max-retrain-steps either stops the run (RetrainCapReached) or, with --on-retrain-cap halve,
-halves its dt until the step passes.
+halves its dt until the step passes. A stop signal or the --duration deadline ends the
+collection after the attempt in progress.
 
 With history features, an orbit's first K steps (its window still holds padding) take the
 classical step instead of the network's, as the simulation does; they are not trained on.
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import ops
+from . import stops
 from .replay import Samples
 from .state import Attempt, Trainer
 
@@ -38,6 +40,18 @@ class RetrainCapReached(Exception):
             f"retrain steps (r = {r:.3e}, dt = {dt:.3e}); raise --max-retrain-steps, loosen "
             "--energy-threshold, or pass --on-retrain-cap halve")
         self.orbit, self.step, self.r, self.dt = orbit, step, r, dt
+
+
+class StepTooSmall(RetrainCapReached):
+    """An orbit's step passed the gate only because it no longer moves the state: in the working
+    precision x + v dt == x, so the energy cannot change (r = 0). That is a failure, not a pass."""
+
+    def __init__(self, orbit: int, step: int, dt: float) -> None:
+        Exception.__init__(
+            self, f"orbit {orbit}: at accepted step {step} the step dt = {dt:.3e} no longer moves the state in the "
+            "working precision (its energy error is 0 only for that reason): the energy threshold cannot be met; "
+            "loosen --energy-threshold (and the band) or use float64")
+        self.orbit, self.step, self.r, self.dt = orbit, step, 0.0, dt
 
 
 @dataclass
@@ -64,8 +78,13 @@ def collect(trainer: Trainer, epoch: int, steps_done: list[int], retries: list[i
     if o.inputs is None:
         trainer.refresh_inputs()
     while any(needed):
+        if stops.stop_requested() is not None or stops.deadline_passed():
+            break  # the epoch ends here; the loop checkpoints what was accepted
         active = [b for b in range(o.count) if needed[b]]
-        gate, r_host, dt_host = judge(trainer)
+        gate, r_host, dt_host, moved = judge(trainer)
+        frozen = [b for b in active if not moved[b]]
+        if frozen:
+            raise StepTooSmall(frozen[0], steps_done[frozen[0]], dt_host[frozen[0]])
         passed = [r < cfg.energy_threshold for r in r_host]
         result.attempts += 1
         accept = [b for b in active if passed[b]]
@@ -104,15 +123,24 @@ def collect(trainer: Trainer, epoch: int, steps_done: list[int], retries: list[i
     return result
 
 
-def judge(trainer: Trainer) -> tuple[Attempt, list[float], list[float]]:
+def judge(trainer: Trainer) -> tuple[Attempt, list[float], list[float], list[bool]]:
     """The gate on every orbit's current state (dropout off), with a graph for retrain() when the
-    network has no dropout, and the one host sync per attempt: r and dt of every orbit."""
+    network has no dropout, and the one host sync per attempt: r, dt and whether the step moved
+    the state at all, of every orbit."""
     o = trainer.orbits
     with torch.set_grad_enabled(trainer.gate_gives_gradient):
         gate = trainer.attempt(o.inputs, o.tau, o.pos, o.vel, o.mass, o.energy, train=False, warming=warming(trainer))
     with torch.no_grad():
-        r_host, dt_host = torch.stack([gate.r, gate.dt]).tolist()
-    return gate, r_host, dt_host
+        moved = moves_state(gate.pos, o.pos).to(gate.r.dtype)
+        r_host, dt_host, moved_host = torch.stack([gate.r, gate.dt, moved]).tolist()
+    return gate, r_host, dt_host, [m > 0 for m in moved_host]
+
+
+def moves_state(pos1: torch.Tensor, pos0: torch.Tensor) -> torch.Tensor:
+    """[S] bool: the step moved some body by more than a few roundings of the system's size (a
+    step below that is lost in rounding: the state, hence its energy, does not really change)."""
+    size = pos0.abs().flatten(1).amax(-1)
+    return (pos1 - pos0).abs().flatten(1).amax(-1) > 4 * torch.finfo(pos0.dtype).eps * size
 
 
 def warming(trainer: Trainer):
@@ -150,6 +178,10 @@ def _halve_until_pass(trainer: Trainer, gate: Attempt, capped: list[int], result
             dt[index] = dt[index] / 2
             result.halvings += 1
             trial = trainer.advance(o.pos, o.vel, o.mass, o.energy, dt)
+            moved = moves_state(trial.pos[index], o.pos[index])
+            if not bool(moved.all()):
+                b = pending[int((~moved).nonzero()[0, 0])]
+                raise StepTooSmall(b, -1, dt[b].item())
             ok = (trial.r[index] < cfg.energy_threshold).tolist()
             done = [b for b, good in zip(pending, ok) if good]
             if done:

@@ -17,6 +17,7 @@ from typing import Optional
 
 import torch
 
+from . import stops
 from .losses import band_loss
 from .replay import Samples
 from .state import Attempt, Trainer
@@ -50,6 +51,8 @@ def replay(trainer: Trainer) -> Part2Result:
     batch = min(cfg.replay_batch_size, size)
     device = trainer.orbits.pos.device
     for _ in range(cfg.replay_steps):
+        if stops.stop_requested() is not None or stops.deadline_passed():
+            break  # the epoch loop checkpoints and stops
         index = torch.randperm(size, generator=trainer.sampler)[:batch].to(device)
         fail_count, converged = iteration(trainer, trainer.replay.take(index))
         result.iterations += 1
