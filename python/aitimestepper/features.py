@@ -1,4 +1,9 @@
-"""Features of an N-body state and of its recent history: the network's input (SPEC.md section 4).
+"""Features of an N-body state and of its recent history: the network's input.
+
+Feature sets: `scaled` (the default: 13 dimensionless values in the state's own units, so the
+scale-aware step is unit-aware; see Featurizer.scaled_block), `basic` (11) and `rich` (23)
+(divided by the training set's normalization scales when --normalize-inputs is on), and
+`delta_mag` (10 per transition between consecutive states of the history window).
 
 One `Featurizer` serves training and simulation alike, so both build the same vector from the
 same state. Everything is batched over systems ([B, N, D] in, [B, F] out) and vectorized over
@@ -6,11 +11,12 @@ bodies and pairs. The history lives in a preallocated `History` per batch whose 
 zeros: a padded slot contributes an all-zero block (and a transition touching it all zeros),
 never NaN, and the blocks are read as views, oldest first.
 
-The state block has one formula, `Featurizer.state_block_reference` (PyTorch, any device, with
-autograd). On CPU tensors that need no gradient the same block comes from one compiled call
-(csrc/cpu/features.cpp), tested against that reference: the simulation computes it every step,
-where the ~23 torch calls of the formula cost more at batch 1 than everything else but the
-network.
+Each state block has one formula in PyTorch (`Featurizer.state_block_reference` for basic and
+rich, `Featurizer.scaled_block` for scaled; any device, with autograd). On CPU tensors that need
+no gradient the same block comes from one compiled call (csrc/cpu/features.cpp; for scaled
+together with the dynamical time tau), tested against that reference: the simulation computes
+it every step, where the ~23 torch calls of a formula cost more at batch 1 than everything else
+but the network.
 """
 from __future__ import annotations
 

@@ -57,7 +57,7 @@ def random_systems(num_systems: int, num_particles: int, dim: int, masses: list[
 
 def kepler_orbits(num_systems: int, dim: int, mass: float, e_range: tuple[float, float],
                   a_range: tuple[float, float], G: float, generator: torch.Generator) -> Systems:
-    """Two equal masses at pericentre (SPEC.md section 3), e ~ U[e_min, e_max], a ~ U[a_min, a_max].
+    """Two equal masses at pericentre, e ~ U[e_min, e_max], a ~ U[a_min, a_max].
 
     Body 0 sits at (-r_p/2, 0) moving +y with v_p/2, body 1 opposite; r_p = a(1-e),
     v_p = sqrt(G 2m (1+e) / (a(1-e))), period T = 2 pi sqrt(a^3 / (G 2m)).

@@ -1,4 +1,4 @@
-"""Two-phase training (SPEC.md section 6): Part 1 collects accepted steps along a trajectory,
+"""Two-phase training: Part 1 collects accepted steps along a trajectory,
 retraining on any state whose step fails the energy gate; Part 2 replays the collected states in
 batched minibatches. `run_training` (training/loop.py) runs the epochs, checkpoints and metrics.
 """
