@@ -177,6 +177,11 @@ def evaluate(cfg: Config, *, stream: Optional[TextIO] = sys.stdout) -> dict[str,
         raise ConfigError("--Nperiod needs a bound two-body system (or a case file); use --duration")
     mode = "history" if checkpoint["history_len"] else "ml"
     learned_cfg = cfg.replace(integrator_mode=mode)
+    # A few untimed steps of each kind first, so that one-time costs (first calls into the
+    # compiled module, allocator warm-up) do not land in the wall time per step of the first run.
+    for warm, model in ((learned_cfg, checkpoint), (cfg.replace(integrator_mode="adaptive"), None),
+                        (cfg.replace(integrator_mode="analytic"), None)):
+        Simulator(warm.replace(steps=20), model).run(systems, None, None)
     rule = "symmetric" if cfg.step_rule in ("auto", "symmetric") else "plain"
     learned = _simulate(learned_cfg.replace(step_rule=rule), checkpoint, systems, t_end, f"learned ({rule})",
                         record=True)
