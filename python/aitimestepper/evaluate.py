@@ -31,7 +31,7 @@ from .errors import ConfigError
 from .initial_conditions import Systems, make_systems
 from .simulate import Recording, Simulator, _t_end, simulation_config, write_text_atomic
 
-SWEEP_HALF_WIDTH = 4  # sweep points on each side of the matched one, sqrt(2) apart: a factor 4 in cost
+SWEEP_HALF_WIDTH = 2  # sweep points on each side of the matched one, sqrt(2) apart: a factor 2 in cost
 RECORDED_FRAMES = 4000  # frames kept for the dt-against-separation panel
 
 
