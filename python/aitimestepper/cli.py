@@ -2,7 +2,9 @@
 
 Flags are generated from the Config table (config.py) with argparse, which accepts both
 `--flag value` and `--flag=value`; every flag defaults to "not given", so only flags on the
-command line override the TOML file and the defaults. `--config FILE.toml` is taken out of the
+command line override the TOML file and the defaults. Each command takes and shows only its own
+settings (COMMAND_SETTINGS); flags are kebab-case, with the earlier project's spellings
+(`--E_lower`, `--Nperiod`, ...) as aliases, and an unknown flag gets the closest known ones. `--config FILE.toml` is taken out of the
 arguments first, wherever it stands (before or after the subcommand). Human-readable output
 (progress, the training summary, errors) goes to stderr; machine-readable JSON to stdout.
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import signal
 import sys
@@ -27,11 +30,57 @@ EXIT_STOPPED = 3
 COMMANDS = ("train", "simulate", "both", "evaluate", "bench", "info")
 
 
-def settings_parser() -> argparse.ArgumentParser:
-    """A parent parser holding one flag per setting (defaults suppressed: 'not given')."""
+# Which settings each command takes: the system and execution settings are shared; the rest
+# belong to the phase that reads them. tests/test_cli.py checks that every setting has a home.
+SHARED = ("num_particles", "dim", "mass", "pos_scale", "vel_scale", "ic", "ic_path", "num_orbits", "e_min", "e_max",
+          "a_min", "a_max", "G", "softening", "integrator", "external_field_mass", "external_field_position", "seed",
+          "device", "dtype", "backend", "tf32", "compile", "debug", "output_dir", "save_name")
+MODEL = ("history_len", "feature_type", "normalize_inputs", "norm_mode", "norm_L0", "norm_V0", "norm_A0", "norm_T0",
+         "hidden_dims", "activation", "dropout", "fourier_scale", "fourier_dim", "dt_param", "eta_init", "dt_min",
+         "dt_max")
+TRAINING = ("epochs", "duration", "lr", "weight_decay", "n_steps", "energy_threshold", "steps_per_epoch",
+            "max_retrain_steps", "on_retrain_cap", "replay_steps", "replay_batch_size", "min_replay_size", "train_on",
+            "replay_tolerance", "E_lower", "E_upper", "checkpoint_every", "resume", "wandb", "wandb_project",
+            "wandb_name")
+SIMULATION = ("integrator_mode", "model_path", "dt", "eta", "step_rule", "energy_error_bound", "steps", "duration",
+              "Nperiod", "step_cap", "output_json", "plot", "movie", "movie_dir", "movie_max_frames", "movie_fps",
+              "movie_dpi")
+EVALUATION = ("model_path", "eta", "step_rule", "energy_error_bound", "duration", "Nperiod", "step_cap",
+              "output_json", "plot", "movie_dir", "movie_dpi")
+COMMAND_SETTINGS = {
+    "train": SHARED + MODEL + TRAINING,
+    "simulate": SHARED + SIMULATION,
+    "both": SHARED + MODEL + TRAINING + SIMULATION,
+    "evaluate": SHARED + EVALUATION,
+}
+COMMAND_HELP = {
+    "train": "two-phase training",
+    "simulate": "integrate systems and print JSON",
+    "both": "train, then simulate with the last checkpoint",
+    "evaluate": "a model's learned dt against fixed and classical steps at equal force evaluations",
+}
+
+
+def flag_names(name: str) -> list[str]:
+    """A setting's flags: the kebab-case one first (lower case, hyphens), then the spellings the
+    earlier project's users know (--E_lower, --Nperiod, --G, ...) and short forms, as aliases."""
+    primary = "--" + name.lower().replace("_", "-")
+    flags = [primary, *settings_by_name()[name].metadata["flags"]]
+    return list(dict.fromkeys(flags))
+
+
+def settings_by_name() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in settings()}
+
+
+def settings_parser(command: str) -> argparse.ArgumentParser:
+    """A parent parser holding one flag per setting of `command` (defaults suppressed: 'not given')."""
     parser = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS, allow_abbrev=False)
-    parser.add_argument("--config", metavar="FILE.toml", help="settings file (top level, [train], [simulate])")
-    for f in settings():
+    tables = "[train] and [simulate]" if command == "both" else f"[{command}]"
+    parser.add_argument("--config", metavar="FILE.toml", help=f"settings file (top level, {tables})")
+    fields = settings_by_name()
+    for name in dict.fromkeys(COMMAND_SETTINGS[command]):
+        f = fields[name]
         meta = dict(f.metadata)
         kind = setting_type(f.name)[0]
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
@@ -46,7 +95,7 @@ def settings_parser() -> argparse.ArgumentParser:
                 kwargs["choices"] = meta["choices"]
         if f.name == "plot":
             kwargs.update(nargs="?", const="", metavar="PNG")
-        parser.add_argument(*meta["flags"], **kwargs)
+        parser.add_argument(*flag_names(f.name), **kwargs)
     return parser
 
 
@@ -55,15 +104,35 @@ def build_parser() -> argparse.ArgumentParser:
         prog="aitimestepper", allow_abbrev=False,
         description="Learned adaptive time steps for gravitational N-body simulation.")
     sub = parser.add_subparsers(dest="command", metavar="{train,simulate,both,evaluate,bench,info}")
-    parent = settings_parser()
-    sub.add_parser("train", parents=[parent], help="two-phase training", allow_abbrev=False)
-    sub.add_parser("simulate", parents=[parent], help="integrate systems and print JSON", allow_abbrev=False)
-    sub.add_parser("both", parents=[parent], help="train, then simulate with the last checkpoint", allow_abbrev=False)
-    sub.add_parser("evaluate", parents=[parent], allow_abbrev=False,
-                   help="a model's learned dt against fixed and classical steps at equal force evaluations")
+    for command, text in COMMAND_HELP.items():
+        sub.add_parser(command, parents=[settings_parser(command)], help=text, allow_abbrev=False)
     sub.add_parser("bench", help="kernel benchmarks (arguments go to aitimestepper.bench.kernels)", add_help=False)
     sub.add_parser("info", help="print the build information as JSON")
     return parser
+
+
+def check_flags(command: str, argv: Sequence[str]) -> None:
+    """Every --flag of argv is one of `command`'s; otherwise an error that names the flag and
+    the closest flags of this command (or the commands that do take it)."""
+    known = {"--config", "--help", "-h"}
+    for name in COMMAND_SETTINGS[command]:
+        for flag in flag_names(name):
+            known.add(flag)
+            if setting_type(name)[0] is bool and flag.startswith("--"):
+                known.add("--no-" + flag[2:])
+    for arg in argv:
+        if not arg.startswith("-") or arg == "-" or arg[1:2].isdigit() or arg[1:2] == ".":
+            continue
+        flag = arg.split("=", 1)[0]
+        if flag in known:
+            continue
+        elsewhere = [other for other in COMMAND_SETTINGS if other != command
+                     and any(flag in flag_names(name) for name in COMMAND_SETTINGS[other])]
+        if elsewhere:
+            raise ConfigError(f"{flag} is not a flag of '{command}' (it belongs to: {', '.join(elsewhere)})")
+        close = difflib.get_close_matches(flag, sorted(known), n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(close)}?" if close else f"; see 'aitimestepper {command} --help'"
+        raise ConfigError(f"unknown flag {flag} for '{command}'{hint}")
 
 
 def split_config(argv: Sequence[str]) -> tuple[list[str], Optional[str]]:
@@ -91,6 +160,7 @@ def configs_for(command: str, argv: Sequence[str]) -> tuple[Optional[Config], Op
     """(training config, simulation config) for a command line (evaluate's is its simulation
     config, read from the [evaluate] table)."""
     rest, config_path = split_config(argv)
+    check_flags(command, [arg for arg in rest if arg != command])
     namespace = vars(build_parser().parse_args(rest))
     namespace.pop("command", None)
     tables = read_toml(config_path) if config_path else None
@@ -156,7 +226,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(json.dumps({"checkpoint": result.checkpoint, "epochs_completed": result.epochs_completed,
                               "total_time_s": result.total_time, "convergence_rate": result.convergence_rate,
                               "trajectory_length": result.trajectory_length, "pass_rate": result.pass_rate,
-                              "stop_reason": result.stop_reason}))
+                              "stop_reason": result.stop_reason, "metrics": result.metrics_path}))
         elif command == "simulate":
             from .simulate import run_simulation
 

@@ -29,7 +29,7 @@ from .checkpoint import check_system, load_checkpoint, resolve_checkpoint
 from .config import Config
 from .errors import ConfigError
 from .initial_conditions import Systems, make_systems
-from .simulate import Recording, Simulator, _t_end, simulation_config, write_text_atomic
+from .simulate import Recording, Simulator, _t_end, report_written, simulation_config, write_text_atomic
 
 SWEEP_HALF_WIDTH = 2  # sweep points on each side of the matched one, sqrt(2) apart: a factor 2 in cost
 RECORDED_FRAMES = 4000  # frames kept for the dt-against-separation panel
@@ -229,14 +229,16 @@ def evaluate(cfg: Config, *, stream: Optional[TextIO] = sys.stdout) -> dict[str,
     if stream is not None:
         stream.write(format_table(report))
         stream.flush()
-    if cfg.output_json:
-        write_text_atomic(cfg.output_json, json.dumps(report, indent=1, allow_nan=True) + "\n")
+    written = []
     if cfg.plot is not None:
         from .plotting import write_evaluation_plot
 
         path = cfg.plot or str(Path(cfg.movie_dir) / f"{cfg.save_name}-evaluate.png")
-        write_evaluation_plot(path, report, learned, learned_other, sweeps, cfg.movie_dpi)
-        report["plot"] = path
+        report["plot"] = str(write_evaluation_plot(path, report, learned, learned_other, sweeps, cfg.movie_dpi))
+        written.append(path)
+    if cfg.output_json:
+        written.append(write_text_atomic(cfg.output_json, json.dumps(report, indent=1, allow_nan=True) + "\n"))
+    report_written(written)
     return report
 
 

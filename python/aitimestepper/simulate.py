@@ -397,7 +397,8 @@ def _t_end(cfg: Config, systems: Systems) -> Optional[torch.Tensor]:
     return None
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write text through a temporary file renamed into place; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.tmp")
@@ -407,6 +408,7 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
+    return path
 
 
 def check_simulation(cfg: Config, trained: Config) -> None:
@@ -463,8 +465,9 @@ def run_simulation(cfg: Config, *, stream: Optional[TextIO] = sys.stdout) -> lis
     if stream is not None:
         stream.write(lines)
         stream.flush()
+    written = []
     if cfg.output_json:
-        write_text_atomic(cfg.output_json, lines)
+        written.append(write_text_atomic(cfg.output_json, lines))
     if recording is not None:
         from .plotting import write_movie, write_plot
 
@@ -472,8 +475,16 @@ def run_simulation(cfg: Config, *, stream: Optional[TextIO] = sys.stdout) -> lis
             f", model {cfg.model_path}" if checkpoint is not None else
             f", dt = {cfg.dt:g}" if cfg.integrator_mode == "analytic" else f", eta = {cfg.eta:g}")
         if cfg.plot is not None:
-            write_plot(recording, cfg.plot or str(Path(cfg.movie_dir) / f"{cfg.save_name}.png"), cfg.movie_dpi,
-                       title)
+            written.append(write_plot(recording, cfg.plot or str(Path(cfg.movie_dir) / f"{cfg.save_name}.png"),
+                                      cfg.movie_dpi, title))
         if cfg.movie:
-            write_movie(recording, Path(cfg.movie_dir) / cfg.save_name, cfg.movie_fps, cfg.movie_dpi, title)
+            written.append(write_movie(recording, Path(cfg.movie_dir) / cfg.save_name, cfg.movie_fps, cfg.movie_dpi,
+                                       title))
+    report_written(written)
     return records
+
+
+def report_written(paths) -> None:
+    """One line on stderr naming the files a command wrote (stdout stays JSON)."""
+    if paths:
+        print("wrote: " + ", ".join(str(p) for p in paths), file=sys.stderr)

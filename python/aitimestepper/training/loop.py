@@ -48,6 +48,7 @@ class TrainingResult:
     checkpoint: Optional[str]
     stop_reason: str  # "epochs", "duration"
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    metrics_path: Optional[str] = None
 
     def summary(self) -> str:
         line = "=" * 60
@@ -60,6 +61,7 @@ class TrainingResult:
             f"  Final pass rate: {100 * self.pass_rate:.1f}%",
             f"  Stopped by: {self.stop_reason}",
             f"  Checkpoint: {self.checkpoint}",
+            f"  Metrics: {self.metrics_path}",
             line,
         ])
 
@@ -261,6 +263,7 @@ def run_training(cfg: Config, *, progress: bool = True, stream: TextIO = sys.std
         lock.release()
     convergence, pass_rate = _summary_rates(run.metrics)
     result = TrainingResult(len(run.metrics), time.perf_counter() - started, convergence, len(trainer.replay),
-                            pass_rate, str(last_path) if last_path else None, stop_reason, run.metrics)
+                            pass_rate, str(last_path) if last_path else None, stop_reason, run.metrics,
+                            str(cfg.run_dir / "metrics.jsonl"))
     print(result.summary(), file=stream)
     return result
