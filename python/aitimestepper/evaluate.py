@@ -107,9 +107,13 @@ def interpolate(runs: list[Run], evaluations: float, bound: float) -> tuple[floa
     return math.exp((1 - w) * math.log(y0) + w * math.log(y1)), note
 
 
-def _sweep(run_at, matched: float) -> list[Run]:
-    """run_at(value, record) at values spaced by sqrt(2) around `matched` (the middle one recorded)."""
-    return [run_at(matched * 2 ** (k / 2), k == 0) for k in range(-SWEEP_HALF_WIDTH, SWEEP_HALF_WIDTH + 1)]
+def _sweep(run_at, matched: float, record: bool) -> list[Run]:
+    """run_at(value, record) at values spaced by sqrt(2) around `matched`; with `record`, the
+    middle one is run a second time with its frames recorded (untimed: recording costs)."""
+    runs = [run_at(matched * 2 ** (k / 2), False) for k in range(-SWEEP_HALF_WIDTH, SWEEP_HALF_WIDTH + 1)]
+    if record:
+        runs[SWEEP_HALF_WIDTH].recording = run_at(matched, True).recording
+    return runs
 
 
 def _rebound_runs(cfg: Config, systems: Systems, span: float, target: int) -> list[Run]:
@@ -183,8 +187,10 @@ def evaluate(cfg: Config, *, stream: Optional[TextIO] = sys.stdout) -> dict[str,
                         (cfg.replace(integrator_mode="analytic"), None)):
         Simulator(warm.replace(steps=20), model).run(systems, None, None)
     rule = "symmetric" if cfg.step_rule in ("auto", "symmetric") else "plain"
-    learned = _simulate(learned_cfg.replace(step_rule=rule), checkpoint, systems, t_end, f"learned ({rule})",
-                        record=True)
+    learned = _simulate(learned_cfg.replace(step_rule=rule), checkpoint, systems, t_end, f"learned ({rule})")
+    if cfg.plot is not None:  # the frames for the plot come from a second, untimed run (recording costs)
+        learned.recording = _simulate(learned_cfg.replace(step_rule=rule), checkpoint, systems, t_end, "",
+                                      record=True).recording
     other_rule = "plain" if rule == "symmetric" else "symmetric"
     learned_other = _simulate(learned_cfg.replace(step_rule=other_rule), checkpoint, systems, t_end,
                               f"learned ({other_rule})")
@@ -202,10 +208,10 @@ def evaluate(cfg: Config, *, stream: Optional[TextIO] = sys.stdout) -> dict[str,
 
     # A fixed step's cost is known in advance; the classical one's is 1/eta times that of a probe.
     eta_probe = learned_eta(checkpoint, cfg)
-    sweeps = {"fixed-dt leapfrog": _sweep(fixed, span / (target - 1))}
+    sweeps = {"fixed-dt leapfrog": _sweep(fixed, span / (target - 1), record=False)}
     for name, rule_name in (("eta criterion", "plain"), ("eta criterion, symmetric", "symmetric")):
         probe = classical(rule_name)(eta_probe)
-        sweeps[name] = _sweep(classical(rule_name), eta_probe * probe.evaluations / target)
+        sweeps[name] = _sweep(classical(rule_name), eta_probe * probe.evaluations / target, cfg.plot is not None)
     rows = [Row(learned.label, learned.energy_error_max, learned.evaluations, learned.wall_per_step_s),
             Row(learned_other.label, learned_other.energy_error_max, learned_other.evaluations,
                 learned_other.wall_per_step_s, "its own cost")]
