@@ -107,6 +107,32 @@ def test_compiled_state_block_matches_the_reference(feature_type, N, D, batch, d
 
 
 @requires_compiled_features
+@pytest.mark.parametrize("N, D, batch", [(2, 2, ()), (3, 3, (4,)), (7, 2, (3,)), (127, 3, (2,))])
+def test_compiled_scaled_block_and_tau_match_the_reference(N, D, batch, dtype):
+    """csrc/cpu/features.cpp's scaled block and dynamical time against Featurizer.scaled_block
+    and physics.timescale.dynamical_time, with softening and G != 1."""
+    from aitimestepper.features import _BoundScaled
+    from aitimestepper.physics.timescale import bind_dynamical_time, dynamical_time
+
+    system = make_system(N, D, batch or (1,), dtype=dtype, seed=N)
+    acc = ops.acceleration(system.pos, system.mass, softening=0.01, G=0.5)
+    featurizer = Featurizer("scaled", 0, Scales(), softening=0.01, G=0.5)
+    args = tuple(t.contiguous() for t in (system.pos, system.vel, system.mass, acc))
+    bound = _BoundScaled(featurizer, *args)
+    compiled, tau = bound.block(), bound.tau
+    assert features_module.compiled_scaled_applies(*args) and compiled.dtype == tau.dtype == dtype
+    oracle = featurizer.scaled_block(*(t.double() for t in args))
+    reference32 = featurizer.scaled_block(*args) if dtype == torch.float32 else None
+    assert_matches_reference(compiled, oracle, reference32, what="scaled block")
+    limit = 1e-13 if dtype == torch.float64 else 4 * torch.finfo(torch.float32).eps
+    assert ((compiled.double() - oracle).abs() / oracle.abs().clamp_min(1e-300)).max() <= limit
+    tau_oracle = dynamical_time(args[0].double(), args[3].double())
+    assert ((tau.double() - tau_oracle).abs() / tau_oracle).max() <= limit
+    alone = bind_dynamical_time(*args, G=0.5, softening=0.01)()
+    assert torch.equal(alone, tau)
+
+
+@requires_compiled_features
 def test_compiled_state_block_propagates_nan_and_falls_back_for_gradients():
     featurizer = Featurizer("rich", 0, Scales())
     pos = POS.clone()

@@ -38,21 +38,26 @@ struct Moments {
   }
 };
 
+// Per-body statistics of one system about its centre of mass and of velocity (weights m_i / M,
+// the reference's order): total mass, mass m_i, r_i = |x_i - COM|, s_i = |v_i - VCOM|,
+// alpha_i = |a_i|, and the kinetic energy about the VCOM.
+struct BodyStats {
+  double total = 0, kinetic = 0;
+  Moments mass, r, s, alpha;
+};
+
 template <typename T, int D>
-void one_system(const T* x, const T* v, const T* m, const T* a, const T* scale, T* out,
-                int64_t N, bool rich, double tail) {
-  double total = 0;
-  for (int64_t i = 0; i < N; ++i) total += double(m[i]);
-  // Centre of mass and of velocity with the weights m_i / M (the reference's order).
+BodyStats body_stats(const T* x, const T* v, const T* m, const T* a, int64_t N) {
+  BodyStats b;
+  for (int64_t i = 0; i < N; ++i) b.total += double(m[i]);
   double com[D] = {}, vcom[D] = {};
   for (int64_t i = 0; i < N; ++i) {
-    const double w = double(m[i]) / total;
+    const double w = double(m[i]) / b.total;
     for (int k = 0; k < D; ++k) {
       com[k] += w * double(x[i * D + k]);
       vcom[k] += w * double(v[i * D + k]);
     }
   }
-  Moments mass, r, s, alpha, d;
   for (int64_t i = 0; i < N; ++i) {
     double r2 = 0, s2 = 0, a2 = 0;
     for (int k = 0; k < D; ++k) {
@@ -63,11 +68,22 @@ void one_system(const T* x, const T* v, const T* m, const T* a, const T* scale, 
       s2 += dv * dv;
       a2 += da * da;
     }
-    mass.add(double(m[i]));
-    r.add(std::sqrt(r2));
-    s.add(std::sqrt(s2));
-    alpha.add(std::sqrt(a2));
+    b.mass.add(double(m[i]));
+    b.r.add(std::sqrt(r2));
+    b.s.add(std::sqrt(s2));
+    b.alpha.add(std::sqrt(a2));
+    b.kinetic += 0.5 * double(m[i]) * s2;
   }
+  return b;
+}
+
+template <typename T, int D>
+void one_system(const T* x, const T* v, const T* m, const T* a, const T* scale, T* out,
+                int64_t N, bool rich, double tail) {
+  const BodyStats b = body_stats<T, D>(x, v, m, a, N);
+  const double total = b.total;
+  const Moments &mass = b.mass, &r = b.r, &s = b.s, &alpha = b.alpha;
+  Moments d;
   for (int64_t i = 0; i < N; ++i)
     for (int64_t j = i + 1; j < N; ++j) {
       double d2 = 0;
@@ -148,35 +164,11 @@ namespace {
 template <typename T, int D>
 void scaled_one_system(const T* x, const T* v, const T* m, const T* a, T* out, T* tau_out,
                        int64_t N, double G, double eps, double* nearest) {
-  double total = 0;
-  for (int64_t i = 0; i < N; ++i) total += double(m[i]);
-  double com[D] = {}, vcom[D] = {};
-  for (int64_t i = 0; i < N; ++i) {
-    const double w = double(m[i]) / total;
-    for (int k = 0; k < D; ++k) {
-      com[k] += w * double(x[i * D + k]);
-      vcom[k] += w * double(v[i * D + k]);
-    }
-  }
-  Moments fraction, r, s, alpha, d;
-  double kinetic = 0;
-  for (int64_t i = 0; i < N; ++i) {
-    double r2 = 0, s2 = 0, a2 = 0;
-    for (int k = 0; k < D; ++k) {
-      const double dx = double(x[i * D + k]) - com[k];
-      const double dv = double(v[i * D + k]) - vcom[k];
-      const double da = double(a[i * D + k]);
-      r2 += dx * dx;
-      s2 += dv * dv;
-      a2 += da * da;
-    }
-    fraction.add(double(m[i]) / total);
-    r.add(std::sqrt(r2));
-    s.add(std::sqrt(s2));
-    alpha.add(std::sqrt(a2));
-    kinetic += 0.5 * double(m[i]) * s2;
-    nearest[i] = std::numeric_limits<double>::infinity();
-  }
+  const BodyStats b = body_stats<T, D>(x, v, m, a, N);
+  const double total = b.total, kinetic = b.kinetic;
+  const Moments &r = b.r, &s = b.s, &alpha = b.alpha;
+  Moments d;
+  for (int64_t i = 0; i < N; ++i) nearest[i] = std::numeric_limits<double>::infinity();
   double potential = 0;
   for (int64_t i = 0; i < N; ++i)
     for (int64_t j = i + 1; j < N; ++j) {
@@ -210,7 +202,7 @@ void scaled_one_system(const T* x, const T* v, const T* m, const T* a, T* out, T
   const double time = length / velocity;
   const double acceleration = gm / (length * length);
   const double columns[kScaledFeatures] = {
-      fraction.low, fraction.high, d.low / length, d.high / length,
+      b.mass.low / total, b.mass.high / total, d.low / length, d.high / length,
       r.sum * per_body / length, r.high / length, s.sum * per_body / velocity, s.high / velocity,
       alpha.sum * per_body / acceleration, alpha.high / acceleration, tau / time,
       kinetic / potential, eps / length};
