@@ -155,13 +155,17 @@ def test_history_window_is_filled_by_classical_steps_first(tmp_path, monkeypatch
     train = tiny_config(tmp_path, history_len=3, save_name="hist")
     checkpoint = run_training(train, progress=False).checkpoint
     seen = []
-    original = FullyConnectedNN.dt
+    original = FullyConnectedNN.bind_dt
 
-    def spy(self, inputs, tau):
-        seen.append(inputs.clone())
-        return original(self, inputs, tau)
+    def spying_bind(self, rows, dtype, device):
+        bound = original(self, rows, dtype, device)
 
-    monkeypatch.setattr(FullyConnectedNN, "dt", spy)
+        def spy(inputs, tau):
+            seen.append(inputs.clone())
+            return bound(inputs, tau)
+        return spy
+
+    monkeypatch.setattr(FullyConnectedNN, "bind_dt", spying_bind)
     cfg = _sim_config(tmp_path, integrator_mode="history", model_path=checkpoint, steps=10, step_rule="plain",
                       plot=str(tmp_path / "h.png"), movie_max_frames=100)
     records = _records(cfg)
@@ -261,8 +265,10 @@ def test_compiled_step_head_matches_dt_from_output(dtype, dt_param):
     x, tau = torch.randn(4, 13, dtype=dtype), torch.rand(4, dtype=dtype) + 0.5
     with torch.inference_mode():
         fast = model.dt(x, tau)
+        bound = model.bind_dt(4, dtype, "cpu")(x, tau).clone()
         reference = model.dt_from_output(model(x), tau)
     torch.testing.assert_close(fast, reference, rtol=1e-13 if dtype is torch.float64 else 2e-6, atol=0)
+    assert torch.equal(bound, fast)
     assert bool((fast <= torch.tensor(0.05, dtype=dtype)).all())  # the cap, rounded to the dtype
 
 

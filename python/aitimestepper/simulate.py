@@ -182,9 +182,8 @@ class Simulator:
         acc = ops.acceleration(pos, mass, **self.physics).contiguous()
         energy0 = ops.total_energy(pos, vel, mass, **self.physics)
         t = torch.zeros_like(mass[:, 0])
-        error_max = torch.zeros_like(t)
-        diverged = torch.zeros(B, dtype=torch.bool, device=pos.device)
-        stalled = torch.zeros_like(diverged)
+        deviation_max = torch.zeros_like(t)  # max |E - E0| so far
+        flags = _StopFlags(B, t, cfg.energy_error_bound, energy0, t_end)
         stats = _DtStats(B, pos.dtype, pos.device)
         history = None
         warmup_steps = 0
@@ -198,32 +197,26 @@ class Simulator:
         advance = ops.bind_carried_step(pos, vel, acc, mass, integrator=cfg.integrator, **self.physics)
         features = self.featurizer.bind(pos, vel, mass, acc) if self.featurizer is not None else None
         self._tau = bind_dynamical_time(pos, vel, mass, acc, cfg.G, cfg.softening) if features is None else None
+        self._model_dt = self.model.bind_dt(B, pos.dtype, pos.device) if self.model is not None else None
         while taken < limit:
             f = self._dt(pos, mass, acc, features, history, warming=taken < warmup_steps)
             h = rule(f) if rule is not None else f
             dt = h if t_end is None else torch.minimum(h, (t_end - t).clamp_min(0))
-            dt = torch.where(diverged | stalled, 0.0, dt)
-            dt = stats.log(dt, shortened=dt < h)  # non-finite dt (a diverged system) becomes 0: it stops
+            if flags.any_stopped:
+                dt = torch.where(flags.stopped, 0.0, dt)
+            dt = stats.log(dt, shortened=None if t_end is None else dt < h)  # non-finite dt becomes 0
             if history is not None:
                 history.push(None, self._block, pos, vel, acc, dt)
             advance(dt)  # pos, vel, acc in place
-            t_next = t + dt
-            unfinished = ~(diverged | stalled) if t_end is None else ~(diverged | stalled) & (t < t_end)
-            stalled |= unfinished & ((t_next == t) | ~(h > 0))  # a step that no longer moves time
-            t = t_next
-            error = ((ops.total_energy(pos, vel, mass, **self.physics) - energy0) / energy0).abs()
-            error = torch.nan_to_num(error, nan=math.inf)
-            error_max = torch.maximum(error_max, error)
-            diverged |= error_max > cfg.energy_error_bound
+            t = t + dt
+            deviation_max = torch.maximum(deviation_max, (ops.total_energy(pos, vel, mass, **self.physics) - energy0).abs())
             taken += 1
             if recording is not None and taken % recording.stride == 0:
                 self._record(recording, t, pos, vel, mass, dt)
-            if taken % CHECK_EVERY == 0:
-                moving = ~(diverged | stalled)
-                if t_end is not None:
-                    moving &= t < t_end
-                if not bool(moving.any()):
-                    break
+            if taken % CHECK_EVERY == 0 and not flags.update(t, h, deviation_max):
+                break  # every system finished or stopped
+        flags.update(t, h if taken else None, deviation_max)
+        error_max, diverged, stalled = flags.error_max, flags.diverged, flags.stalled
         dt_summary = stats.finish()
         if t_end is None:
             cap_reached = cfg.steps > cfg.step_cap
@@ -245,7 +238,7 @@ class Simulator:
         inputs, self._block = features(history)
         if warming:
             return self.warmup_eta * features.tau
-        return self.model.dt(inputs, features.tau)
+        return self._model_dt(inputs, features.tau)
 
     def _record(self, recording: Recording, t, pos, vel, mass, dt) -> None:
         with ops.unchecked():
@@ -263,6 +256,36 @@ class Simulator:
                       step_dt)
 
 
+class _StopFlags:
+    """Which systems have stopped, decided every CHECK_EVERY steps (one host sync then): diverged
+    (|dE/E0| so far past the bound, or not finite) and stalled (unfinished, yet its time did not
+    move over the last check's steps, or its step was not positive). Stopped systems take dt = 0."""
+
+    def __init__(self, B: int, t: torch.Tensor, bound: float, energy0: torch.Tensor, t_end) -> None:
+        self.bound, self.energy0, self.t_end = bound, energy0, t_end
+        self.diverged = torch.zeros(B, dtype=torch.bool, device=t.device)
+        self.stalled = torch.zeros_like(self.diverged)
+        self.stopped = torch.zeros_like(self.diverged)
+        self.any_stopped = False
+        self.error_max = torch.zeros_like(t)
+        self.t_checked = t.clone()
+
+    def update(self, t: torch.Tensor, h, deviation_max: torch.Tensor) -> bool:
+        """Refresh the flags; False once no system is still moving."""
+        self.error_max = torch.nan_to_num(deviation_max / self.energy0.abs(), nan=math.inf)
+        self.diverged |= self.error_max > self.bound
+        unfinished = ~self.stopped if self.t_end is None else ~self.stopped & (t < self.t_end)
+        frozen = t == self.t_checked
+        if h is not None:
+            frozen |= ~(h > 0)
+        self.stalled |= unfinished & ~self.diverged & frozen
+        self.stopped = self.diverged | self.stalled
+        self.t_checked = t.clone()
+        moving = ~self.stopped if self.t_end is None else ~self.stopped & (t < self.t_end)
+        self.any_stopped, still_moving = torch.stack([self.stopped.any(), moving.any()]).tolist()
+        return still_moving
+
+
 class _DtStats:
     """Steps taken and sum, min and max of dt per system, kept on the device: each step's dt is
     written into a preallocated [CHUNK, B] log, reduced once per chunk (no per-step syncs). The
@@ -278,11 +301,15 @@ class _DtStats:
         self._shortened = torch.empty(CHUNK, B, dtype=torch.bool, device=device)
         self._used = 0
 
-    def log(self, dt: torch.Tensor, shortened: torch.Tensor) -> torch.Tensor:
+    def log(self, dt: torch.Tensor, shortened: Optional[torch.Tensor]) -> torch.Tensor:
         """Log one step's dt [B] with non-finite values set to 0 and return it (the logged row
-        itself, one call: valid until CHUNK more steps are logged)."""
+        itself, one call: valid until CHUNK more steps are logged). `shortened` marks the steps
+        cut at the end time (None: none were)."""
         row = torch.nan_to_num(dt, nan=0.0, posinf=0.0, neginf=0.0, out=self._log[self._used])
-        self._shortened[self._used] = shortened
+        if shortened is None:
+            self._shortened[self._used] = False
+        else:
+            self._shortened[self._used] = shortened
         self._used += 1
         if self._used == CHUNK:
             self.flush()
