@@ -305,3 +305,15 @@ def test_a_step_that_no_longer_moves_the_state_is_not_accepted(tmp_path):
                       max_retrain_steps=0)
     with pytest.raises(TrainingStopped, match="no longer moves the state"):
         run_training(cfg, progress=False)
+
+
+def test_evaluate_checks_its_outputs_before_any_work(tmp_path, capsys, monkeypatch):
+    from aitimestepper.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    checkpoint = run_training(tiny_config(tmp_path, save_name="ev"), progress=False).checkpoint
+    (tmp_path / "taken").mkdir()
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    assert main(["evaluate", "--model-path", checkpoint, "--Nperiod", "0.5", "--output-json", "taken"]) == 2
+    assert "--output-json 'taken' is a folder" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before

@@ -28,6 +28,7 @@ import torch
 from .checkpoint import check_system, load_checkpoint, resolve_checkpoint
 from .config import Config
 from .errors import ConfigError
+from .guards import check_outputs
 from .initial_conditions import Systems, make_systems
 from .simulate import Recording, Simulator, _t_end, report_written, simulation_config, write_text_atomic
 
@@ -163,6 +164,7 @@ def evaluate(cfg: Config, *, stream: Optional[TextIO] = sys.stdout) -> dict[str,
     JSON and the plot when asked; return the report."""
     if not cfg.model_path:
         raise ConfigError("evaluate needs --model-path (a checkpoint or a run folder)")
+    check_outputs(cfg, "evaluate")
     model_path = resolve_checkpoint(cfg.model_path)
     checkpoint = load_checkpoint(model_path, map_location=cfg.device)
     cfg = simulation_config(cfg, checkpoint).replace(model_path=str(model_path), num_orbits=1)

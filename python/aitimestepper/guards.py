@@ -112,13 +112,20 @@ def output_locations(cfg: Any, phase: str) -> list[tuple[str, Path, str]]:
             stem = Path(cfg.movie_dir) / cfg.save_name
             places += [("folder", Path(cfg.movie_dir), "movie folder"),  # the movie is .mp4 or .gif
                        ("file", stem.with_suffix(".mp4"), "movie"), ("file", stem.with_suffix(".gif"), "movie")]
+    elif phase == "evaluate":
+        if cfg.output_json:
+            places.append(("file", Path(cfg.output_json), "--output-json"))
+        if cfg.plot is not None:
+            plot = Path(cfg.plot) if cfg.plot else Path(cfg.movie_dir) / f"{cfg.save_name}-evaluate.png"
+            places.append(("file", plot, "plot"))
     else:
         raise ValueError(f"unknown phase {phase!r}")
     return places
 
 
 def check_outputs(cfg: Any, phase: str) -> None:
-    """Every location `phase` ('train' or 'simulate') will write can be written; nothing is created."""
+    """Every location `phase` ('train', 'simulate' or 'evaluate') will write can be written; nothing
+    is created."""
     for kind, path, what in output_locations(cfg, phase):
         if kind == "folder":
             _check_folder(path, what)
