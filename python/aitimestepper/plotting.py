@@ -119,10 +119,11 @@ def write_evaluation_plot(path: str | Path, report, learned, learned_other, swee
     curves += [(runs[len(runs) // 2].label, runs[len(runs) // 2].recording) for name, runs in sweeps.items()
                if name != "fixed-dt leapfrog"]
     for label, recording in curves:
-        if recording is None or len(recording.dt) < 2:
+        if recording is None or len(recording.dt) < 3:
             continue
         separation, dt = _closest_separation(recording)
-        dt_axes.loglog(separation[1:], dt[1:], ".", ms=2, label=label)
+        # The first frame has no step into it and the last step is cut at the end time.
+        dt_axes.loglog(separation[1:-1], dt[1:-1], ".", ms=2, label=label)
     dt_axes.set(xlabel="closest separation", ylabel="dt")
     dt_axes.legend(fontsize=8, markerscale=4)
     dt_axes.grid(True, which="both", alpha=0.3)
