@@ -102,22 +102,17 @@ def output_locations(cfg: Any, phase: str) -> list[tuple[str, Path, str]]:
         run_dir = Path(cfg.output_dir) / cfg.save_name
         places += [("folder", Path(cfg.output_dir), "output folder"), ("folder", run_dir, "run folder"),
                    ("file", run_dir / "metrics.jsonl", "metrics file"), ("folder", run_dir / "model", "model folder")]
-    elif phase == "simulate":
+    elif phase in ("simulate", "evaluate"):
         if cfg.output_json:
             places.append(("file", Path(cfg.output_json), "--output-json"))
-        if cfg.plot is not None:
-            plot = Path(cfg.plot) if cfg.plot else Path(cfg.movie_dir) / f"{cfg.save_name}.png"
+        if cfg.plot is not None:  # an empty --plot means the movie folder, named after the run
+            suffix = ".png" if phase == "simulate" else "-evaluate.png"
+            plot = Path(cfg.plot) if cfg.plot else Path(cfg.movie_dir) / f"{cfg.save_name}{suffix}"
             places.append(("file", plot, "plot"))
-        if cfg.movie:
+        if cfg.movie and phase == "simulate":
             stem = Path(cfg.movie_dir) / cfg.save_name
             places += [("folder", Path(cfg.movie_dir), "movie folder"),  # the movie is .mp4 or .gif
                        ("file", stem.with_suffix(".mp4"), "movie"), ("file", stem.with_suffix(".gif"), "movie")]
-    elif phase == "evaluate":
-        if cfg.output_json:
-            places.append(("file", Path(cfg.output_json), "--output-json"))
-        if cfg.plot is not None:
-            plot = Path(cfg.plot) if cfg.plot else Path(cfg.movie_dir) / f"{cfg.save_name}-evaluate.png"
-            places.append(("file", plot, "plot"))
     else:
         raise ValueError(f"unknown phase {phase!r}")
     return places
