@@ -8,10 +8,11 @@ training-mode forward with dropout on); with --train-on all, an attempt that eve
 takes one on every orbit whose r lies outside the band instead, so an accepted step that was
 needlessly small pushes dt up as a failing one pushes it down. (While an orbit fails, only the
 failing ones count: the passing ones would outvote the state that blocks its orbit.) Failing
-orbits are then judged again from the same state. The one host sync per attempt is the accept decision. An orbit that reaches
---max-retrain-steps either stops the run (RetrainCapReached) or, with --on-retrain-cap halve,
-halves its dt until the step passes. A stop signal or the --duration deadline ends the
-collection after the attempt in progress.
+orbits are then judged again from the same state. The one host sync per attempt is the accept
+decision. An orbit that reaches --max-retrain-steps either stops the run (RetrainCapReached)
+or, with --on-retrain-cap halve, halves its dt until the step passes; a step too small to move
+the state in the working precision stops the run (StepTooSmall). A stop signal or the
+--duration deadline ends the collection after the attempt in progress.
 
 With history features, an orbit's first K steps (its window still holds padding) take the
 classical step instead of the network's, as the simulation does; they are not trained on.
