@@ -46,6 +46,17 @@ struct BodyStats {
   Moments mass, r, s, alpha;
 };
 
+// |x_i - x_j|^2 in double.
+template <typename T, int D>
+double squared_distance(const T* x, int64_t i, int64_t j) {
+  double d2 = 0;
+  for (int k = 0; k < D; ++k) {
+    const double dx = double(x[i * D + k]) - double(x[j * D + k]);
+    d2 += dx * dx;
+  }
+  return d2;
+}
+
 template <typename T, int D>
 BodyStats body_stats(const T* x, const T* v, const T* m, const T* a, int64_t N) {
   BodyStats b;
@@ -86,12 +97,7 @@ void one_system(const T* x, const T* v, const T* m, const T* a, const T* scale, 
   Moments d;
   for (int64_t i = 0; i < N; ++i)
     for (int64_t j = i + 1; j < N; ++j) {
-      double d2 = 0;
-      for (int k = 0; k < D; ++k) {
-        const double dx = double(x[i * D + k]) - double(x[j * D + k]);
-        d2 += dx * dx;
-      }
-      d.add(std::sqrt(d2));
+      d.add(std::sqrt(squared_distance<T, D>(x, i, j)));
     }
   const double per_body = 1.0 / double(N);
   const double per_pair = 1.0 / double(N * (N - 1) / 2);
@@ -172,11 +178,7 @@ void scaled_one_system(const T* x, const T* v, const T* m, const T* a, T* out, T
   double potential = 0;
   for (int64_t i = 0; i < N; ++i)
     for (int64_t j = i + 1; j < N; ++j) {
-      double d2 = 0;
-      for (int k = 0; k < D; ++k) {
-        const double dx = double(x[i * D + k]) - double(x[j * D + k]);
-        d2 += dx * dx;
-      }
+      const double d2 = squared_distance<T, D>(x, i, j);
       const double distance = std::sqrt(d2);
       d.add(distance);
       potential += double(m[i]) * double(m[j]) / std::sqrt(d2 + eps * eps);
