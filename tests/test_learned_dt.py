@@ -51,7 +51,7 @@ def test_a_sample_below_E_lower_pushes_dt_up(tmp_path):
     with torch.no_grad():
         before = judge_samples(trainer, samples)
     assert bool((before.r < cfg.E_lower).all()), "the setup must put every sample below the band"
-    fails, converged = iteration(trainer, samples)
+    fails, converged, _ = iteration(trainer, samples)
     assert fails == 0 and not converged  # all pass the gate, yet the loss is not small: a step is taken
     with torch.no_grad():
         after = judge_samples(trainer, samples)
@@ -63,7 +63,7 @@ def test_train_on_failing_ignores_samples_below_the_band(tmp_path):
     run = setup(cfg)
     collect(run.trainer, 0, run.steps_done, run.retries)
     samples = run.trainer.replay.take(torch.arange(len(run.trainer.replay)))
-    assert iteration(run.trainer, samples) == (0, True)
+    assert iteration(run.trainer, samples)[:2] == (0, True)
 
 
 def test_threshold_below_E_upper_is_refused():

@@ -11,6 +11,8 @@ arguments first, wherever it stands (before or after the subcommand). Human-read
 Exit status: 0 success, 2 bad usage or input (nothing written), 3 training stopped at the
 retrain cap (a checkpoint was written), 130 / 143 training stopped by SIGINT / SIGTERM after the
 current epoch (a checkpoint was written; 130 also for an interrupt before training starts).
+Under torchrun (train, simulate, both) every rank ends with the status and message of the
+first rank that failed (distributed.py); only rank 0 prints JSON.
 """
 from __future__ import annotations
 
@@ -22,7 +24,9 @@ import signal
 import sys
 from typing import Any, Optional, Sequence
 
+from . import distributed
 from .config import Config, build_config, read_toml, setting_type, settings
+from .distributed import PeerFailed
 from .errors import AITimeStepperError, ConfigError, TrainingInterrupted, TrainingStopped
 
 EXIT_USAGE = 2
@@ -34,7 +38,8 @@ COMMANDS = ("train", "simulate", "both", "evaluate", "bench", "info")
 # belong to the phase that reads them. tests/test_cli.py checks that every setting has a home.
 SHARED = ("num_particles", "dim", "mass", "pos_scale", "vel_scale", "ic", "ic_path", "num_orbits", "e_min", "e_max",
           "a_min", "a_max", "G", "softening", "integrator", "external_field_mass", "external_field_position", "seed",
-          "device", "dtype", "backend", "tf32", "compile", "debug", "output_dir", "save_name")
+          "device", "dtype", "backend", "tf32", "compile", "debug", "threads", "collective_timeout", "output_dir",
+          "save_name")
 MODEL = ("history_len", "feature_type", "normalize_inputs", "norm_mode", "norm_L0", "norm_V0", "norm_A0", "norm_T0",
          "hidden_dims", "activation", "dropout", "fourier_scale", "fourier_dim", "dt_param", "eta_init", "dt_min",
          "dt_max")
@@ -219,37 +224,59 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _info()
     try:
         train_cfg, sim_cfg = configs_for(command, argv)
-        if command == "train":
-            from .training import run_training
+        group = _join(command, train_cfg if command in ("train", "both") else sim_cfg)
+        with group.failing_together(exit_status):
+            _run(command, train_cfg, sim_cfg, group)
+        distributed.leave()
+    except (TrainingStopped, PeerFailed, AITimeStepperError, ImportError, KeyboardInterrupt) as error:
+        print(f"error: {error}" if not isinstance(error, KeyboardInterrupt) else "error: interrupted", file=sys.stderr)
+        return exit_status(error)
+    return 0
 
-            result = run_training(train_cfg)
+
+def exit_status(error: BaseException) -> int:
+    """The exit status a command ends with after `error` (see the module's docstring)."""
+    if isinstance(error, TrainingInterrupted):
+        return 128 + error.signum
+    if isinstance(error, TrainingStopped):
+        return EXIT_STOPPED
+    if isinstance(error, PeerFailed):
+        return error.exit_status
+    if isinstance(error, KeyboardInterrupt):
+        return 128 + signal.SIGINT
+    if isinstance(error, (AITimeStepperError, ImportError)):
+        return EXIT_USAGE
+    return 1
+
+
+def _join(command: str, cfg: Config) -> "distributed.Group":
+    """This process's group: one process, or a rank of the torchrun job (train, simulate, both)."""
+    if command == "evaluate" and distributed.launched_by_torchrun():
+        raise ConfigError("evaluate runs in one process (its runs are short and compared with each other); "
+                          "start it without torchrun")
+    return distributed.join(cfg.device, cfg.threads, cfg.collective_timeout)
+
+
+def _run(command: str, train_cfg: Optional[Config], sim_cfg: Optional[Config], group) -> None:
+    if command == "train":
+        from .training import run_training
+
+        result = run_training(train_cfg)
+        if group.rank == 0:
             print(json.dumps({"checkpoint": result.checkpoint, "epochs_completed": result.epochs_completed,
                               "total_time_s": result.total_time, "convergence_rate": result.convergence_rate,
                               "trajectory_length": result.trajectory_length, "pass_rate": result.pass_rate,
                               "stop_reason": result.stop_reason, "metrics": result.metrics_path}))
-        elif command == "simulate":
-            from .simulate import run_simulation
+    elif command == "simulate":
+        from .simulate import run_simulation
 
-            run_simulation(sim_cfg)
-        elif command == "evaluate":
-            from .evaluate import evaluate
+        run_simulation(sim_cfg)
+    elif command == "evaluate":
+        from .evaluate import evaluate
 
-            evaluate(sim_cfg)
-        else:
-            run_both(train_cfg, sim_cfg)
-    except TrainingInterrupted as stop:
-        print(f"error: {stop}", file=sys.stderr)
-        return 128 + stop.signum
-    except TrainingStopped as stop:
-        print(f"error: {stop}", file=sys.stderr)
-        return EXIT_STOPPED
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 128 + signal.SIGINT
-    except (AITimeStepperError, ImportError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    return 0
+        evaluate(sim_cfg)
+    else:
+        run_both(train_cfg, sim_cfg)
 
 
 def run_both(train_cfg: Config, sim_cfg: Config) -> list[dict[str, Any]]:

@@ -68,6 +68,10 @@ class Config:
     tf32: bool = _opt(False, ("--tf32",), "allow TF32 matmuls on CUDA (float32 networks)")
     compile: bool = _opt(False, ("--compile",), "run the network through torch.compile")
     debug: bool = _opt(False, ("--debug",), "log every attempt to stderr and detect autograd anomalies")
+    threads: int = _opt(0, ("--threads",), "CPU threads per process (0: torch's default; under torchrun the "
+                        "machine's cores shared out among the ranks on it)")
+    collective_timeout: float = _opt(300.0, ("--collective-timeout",), "under torchrun: seconds a rank waits "
+                                     "in a collective for the others before the run fails")
     output_dir: str = _opt("./data", ("--output-dir",), "where runs are written")
     save_name: str = _opt("run", ("--save-name", "-s"), "run name: outputs go to <output-dir>/<save-name>/")
     # --- features and model ---
@@ -271,9 +275,10 @@ def validate(cfg: Config) -> None:
     _positive(cfg, "epochs", "lr", "n_steps", "energy_threshold", "eta_init", "energy_error_bound", "steps_per_epoch", "replay_batch_size",
               "E_lower", "E_upper", "checkpoint_every", "num_orbits", "G", "dt", "eta", "steps",
               "step_cap", "duration", "Nperiod", "a_min", "a_max", "dt_min", "dt_max", "movie_max_frames",
-              "movie_fps", "movie_dpi", "norm_L0", "norm_V0", "norm_A0", "norm_T0")
+              "movie_fps", "movie_dpi", "norm_L0", "norm_V0", "norm_A0", "norm_T0", "collective_timeout")
     _non_negative(cfg, "replay_tolerance", "weight_decay", "max_retrain_steps", "replay_steps", "min_replay_size",
-                  "history_len", "softening", "pos_scale", "vel_scale", "fourier_scale", "external_field_mass")
+                  "history_len", "softening", "pos_scale", "vel_scale", "fourier_scale", "external_field_mass",
+                  "threads")
     if not 0.0 <= cfg.dropout < 1.0:
         raise ConfigError(f"dropout must be in [0, 1), got {cfg.dropout}")
     if not 0.0 <= cfg.e_min <= cfg.e_max < 1.0:

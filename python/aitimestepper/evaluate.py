@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, TextIO
+from typing import Any, Literal, Optional, TextIO
 
 import torch
 
@@ -159,9 +159,11 @@ def _rebound_runs(cfg: Config, systems: Systems, span: float, target: int) -> li
     return runs
 
 
-def evaluate(cfg: Config, *, stream: Optional[TextIO] = sys.stdout) -> dict[str, Any]:
+def evaluate(cfg: Config, *, stream: Optional[TextIO] | Literal["stdout"] = "stdout") -> dict[str, Any]:
     """Run the comparison for cfg (a simulation config with a model); print the table, write the
     JSON and the plot when asked; return the report."""
+    if stream == "stdout":  # the stream of the moment (a default bound at import would go stale)
+        stream = sys.stdout
     if not cfg.model_path:
         raise ConfigError("evaluate needs --model-path (a checkpoint or a run folder)")
     check_outputs(cfg, "evaluate")

@@ -32,11 +32,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, TextIO
+from typing import Any, Literal, Optional, TextIO
 
 import torch
 
-from . import ops
+from . import distributed, ops
 from .checkpoint import check_system, load_checkpoint, resolve_checkpoint, restore_model
 from .config import Config, config_from_dict
 from .errors import ConfigError
@@ -372,8 +372,9 @@ def _finite(value: Any) -> bool:
     return not isinstance(value, float) or math.isfinite(value)
 
 
-def results_json(cfg: Config, systems: Systems, out: dict[str, Any]) -> list[dict[str, Any]]:
-    """One record per system (the fields the README lists); non-finite values become null."""
+def results_json(cfg: Config, systems: Systems, out: dict[str, Any], first: int = 0) -> list[dict[str, Any]]:
+    """One record per system (the fields the README lists); non-finite values become null.
+    `first` is the index of systems[0] among all the run's systems."""
     physics = cfg.physics_kwargs()
     with ops.unchecked():  # a diverged final state is reported, not rejected
         E0 = ops.total_energy(systems.pos, systems.vel, systems.mass, **physics)
@@ -390,7 +391,7 @@ def results_json(cfg: Config, systems: Systems, out: dict[str, Any]) -> list[dic
     records = []
     for b in range(systems.pos.shape[0]):
         record = {
-            "system": b, "mode": cfg.integrator_mode, "integrator": cfg.integrator,
+            "system": first + b, "mode": cfg.integrator_mode, "integrator": cfg.integrator,
             "steps": int(out["steps"][b]), "t_final": out["t"][b].item(),
             "energy_initial": E0[b].item(), "energy_final": E1[b].item(),
             "energy_residual": ((E1[b] - E0[b]) / E0[b]).item(),
@@ -462,8 +463,16 @@ def check_simulation(cfg: Config, trained: Config) -> None:
     _t_end(cfg, systems)
 
 
-def run_simulation(cfg: Config, *, stream: Optional[TextIO] = sys.stdout) -> list[dict[str, Any]]:
-    """Simulate as configured; print one JSON line per system and write --output-json/--movie/--plot."""
+def run_simulation(cfg: Config, *, stream: Optional[TextIO] | Literal["stdout"] = "stdout") -> list[dict[str, Any]]:
+    """Simulate as configured; print one JSON line per system and write --output-json/--movie/--plot.
+
+    Under torchrun each rank integrates its contiguous block of the systems; rank 0 gathers the
+    records and alone prints and writes them, in system order, as one process would (the run's
+    wall time is the slowest rank's; the step cap counts as reached if it was on any rank)."""
+    if stream == "stdout":  # the stream of the moment (a default bound at import would go stale)
+        stream = sys.stdout
+    group = distributed.join(cfg.device, cfg.threads, cfg.collective_timeout)
+    cfg = cfg.replace(device=group.device(cfg.device))
     check_outputs(cfg, "simulate")
     checkpoint = None
     if cfg.integrator_mode in ("ml", "history"):
@@ -481,13 +490,28 @@ def run_simulation(cfg: Config, *, stream: Optional[TextIO] = sys.stdout) -> lis
     if checkpoint is not None:
         check_system(checkpoint, systems.pos.shape[-2], systems.pos.shape[-1], cfg.model_path)
     t_end = _t_end(cfg, systems)
-    recording = Recording(cfg.movie_max_frames) if (cfg.movie or cfg.plot is not None) else None
+    count = systems.pos.shape[0]
+    if count < group.size:
+        raise ConfigError(f"{count} system(s) cannot be shared among {group.size} ranks: simulate at least "
+                          f"{group.size} (--num-orbits) or start fewer ranks")
+    block = group.shard(count)
+    systems = Systems(systems.pos[block], systems.vel[block], systems.mass[block],
+                      None if systems.periods is None else systems.periods[block])
+    t_end = t_end[block] if t_end is not None else None
+    # The recorded system is system 0, which rank 0 integrates.
+    recording = (Recording(cfg.movie_max_frames)
+                 if (cfg.movie or cfg.plot is not None) and group.rank == 0 else None)
     if recording is not None:
         # No step leads into the first frame: its dt is NaN, which the plot leaves out (not a 0).
         simulator._record(recording, torch.zeros(1), systems.pos, systems.vel, systems.mass,
                           torch.full((1,), float("nan")))
     out = simulator.run(systems, t_end, recording)
-    records = results_json(cfg, systems, out)
+    records = results_json(cfg, systems, out, first=block.start)
+    if group.distributed:
+        group.wait_for_all()  # without a time limit: shards may take very different times
+        records = _merged(group.all_gather(records))
+        if group.rank != 0:
+            return records
     lines = "".join(json.dumps(record, allow_nan=False) + "\n" for record in records)
     if stream is not None:
         stream.write(lines)
@@ -508,6 +532,16 @@ def run_simulation(cfg: Config, *, stream: Optional[TextIO] = sys.stdout) -> lis
             written.append(write_movie(recording, Path(cfg.movie_dir) / cfg.save_name, cfg.movie_fps, cfg.movie_dpi,
                                        title))
     report_written(written)
+    return records
+
+
+def _merged(shards: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The ranks' records as one run's: in system order, with the run-wide fields made whole."""
+    records = [record for shard in shards for record in shard]
+    wall = max(record["wall_time_s"] for record in records)
+    cap_reached = any(record["step_cap_reached"] for record in records)
+    for record in records:
+        record["wall_time_s"], record["step_cap_reached"] = wall, cap_reached
     return records
 
 

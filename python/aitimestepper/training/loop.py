@@ -6,6 +6,12 @@ saved) and the Part 2 sampler. Resuming restores all of it together with the orb
 history and the replay buffer, so a resumed run computes what the uninterrupted one would have.
 All checks (config, ICs, checkpoint to resume, output locations, wandb) run before anything is
 written; the run then locks its folder (runlock.py) for as long as it trains.
+
+Under torchrun (distributed.py) the B orbits are split into equal contiguous blocks, one per
+rank; every rank builds the same ICs, network and sampler from the seed, and rank 0 alone
+locks the folder and writes checkpoints, metrics and the summary. A checkpoint holds the whole
+run as one process would (all orbits, the trajectory in its order) plus each rank's RNG state,
+so a resume with the same number of ranks continues exactly; another number is refused.
 """
 from __future__ import annotations
 
@@ -14,12 +20,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, TextIO
+from typing import Any, Literal, Optional, TextIO
 
 import torch
 from tqdm import tqdm
 
-from .. import ops
+from .. import distributed, ops
 from ..checkpoint import FIXED_ON_RESUME, FORMAT_VERSION, check_system, checkpoint_path, load_checkpoint, save_checkpoint
 from ..config import Config, config_from_dict
 from ..errors import ConfigError, TrainingInterrupted, TrainingStopped
@@ -32,10 +38,11 @@ from . import stops
 from .metrics import MetricsLogger, require_wandb
 from .part1 import RetrainCapReached, collect
 from .part2 import replay
-from .replay import ReplayBuffer
+from .replay import ReplayBuffer, merge_states
 from .state import Orbits, Trainer
 
 SAMPLER_SEED_OFFSET = 1  # the Part 2 sampler's stream is distinct from the IC stream
+RANK_SEED_STRIDE = 1_000_003  # rank r's torch stream (dropout) starts from seed + r * this
 
 
 @dataclass
@@ -99,11 +106,21 @@ def resolved_config(cfg: Config) -> Config:
 
 def setup(cfg: Config) -> Run:
     """Build a run (checking everything first); nothing is written here."""
+    group = distributed.join(cfg.device, cfg.threads, cfg.collective_timeout)
+    cfg = cfg.replace(device=group.device(cfg.device))
     data = None
     if cfg.resume:
         data = load_checkpoint(cfg.resume, map_location=cfg.device)
         cfg = _resumed_config(cfg, data)
         check_system(data, cfg.num_particles, cfg.dim, cfg.resume)
+        saved_ranks = data["training_state"].get("ranks", 1)
+        if saved_ranks != group.size:
+            raise ConfigError(f"{cfg.resume} was written by a run on {saved_ranks} rank(s) and this run has "
+                              f"{group.size}: each rank's random stream and orbits are part of the saved state, so a "
+                              f"run resumes only with the same number of ranks (torchrun --nproc-per-node ...)")
+    if cfg.num_orbits % group.size:
+        raise ConfigError(f"--num-orbits {cfg.num_orbits} cannot be split evenly over {group.size} ranks; use a "
+                          f"multiple of {group.size}")
     check_outputs(cfg, "train")
     if cfg.wandb:
         require_wandb()
@@ -130,12 +147,18 @@ def setup(cfg: Config) -> Run:
         model = FullyConnectedNN.from_architecture(data["architecture"]).to(device=cfg.device, dtype=dtype)
         model.load_state_dict(data["model_state_dict"])
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if group.size > 1 and data is None:  # each rank's own dropout stream; the weights above are shared
+        torch.manual_seed((cfg.seed + RANK_SEED_STRIDE * group.rank) % 2**63)
     B, N, D = ics.pos.shape
-    orbits = Orbits(ics.pos.clone(), ics.vel.clone(), ics.mass.clone(), acc,
-                    check_energy(ics, cfg), featurizer.new_history(B, N, D, dtype, cfg.device))
-    buffer = ReplayBuffer(featurizer.input_dim, N, D, dtype, cfg.device)
+    energy = check_energy(ics, cfg)
+    block = group.shard(B)
+    shard = range(block.start, block.stop)
+    orbits = Orbits(ics.pos[block].clone(), ics.vel[block].clone(), ics.mass[block].clone(), acc[block].clone(),
+                    energy[block].clone(), featurizer.new_history(len(shard), N, D, dtype, cfg.device))
+    buffer = ReplayBuffer(featurizer.input_dim, N, D, dtype, cfg.device, mine=shard if group.distributed else None)
     sampler = torch.Generator().manual_seed(cfg.seed + SAMPLER_SEED_OFFSET)
-    trainer = Trainer(cfg, model, maybe_compile(model, cfg.compile), optimizer, featurizer, orbits, buffer, sampler)
+    trainer = Trainer(cfg, model, maybe_compile(model, cfg.compile), optimizer, featurizer, orbits, buffer, sampler,
+                      group, shard, B)
     run = Run(cfg, trainer, ics, steps_done=[0] * B, retries=[0] * B)
     if data is not None:
         _restore(run, data)
@@ -147,22 +170,62 @@ def _restore(run: Run, data: dict[str, Any]) -> None:
     trainer.optimizer.load_state_dict(data["optimizer_state_dict"])
     for group in trainer.optimizer.param_groups:  # --lr / --weight-decay of this run, as its config says
         group["lr"], group["weight_decay"] = run.cfg.lr, run.cfg.weight_decay
-    o = trainer.orbits
+    o, rows = trainer.orbits, slice(trainer.shard.start, trainer.shard.stop)
     for key in ("pos", "vel", "acc", "energy"):
-        getattr(o, key).copy_(saved[key])
-    o.history.load_state_dict(saved["history"])
-    trainer.replay.load_state_dict(saved["replay"])
+        getattr(o, key).copy_(saved[key][rows])
+    o.history.load_state_dict(_rows_of(saved["history"], rows))
+    trainer.replay.load_state_dict(saved["replay"], saved.get("replay_orbits"))
     run.steps_done, run.retries = list(saved["steps_done"]), list(saved["retries"])
     run.next_epoch = data["next_epoch"]
     run.metrics = list(data["metrics"])
-    torch.set_rng_state(data["rng"]["torch"])
+    rank = trainer.group.rank
+    torch.set_rng_state(data["rng"]["torch_by_rank"][rank] if "torch_by_rank" in data["rng"] else data["rng"]["torch"])
     trainer.sampler.set_state(data["rng"]["sampler"])
-    if data["rng"].get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(data["rng"]["cuda"])
+    cuda = data["rng"]["cuda_by_rank"][rank] if "cuda_by_rank" in data["rng"] else data["rng"].get("cuda")
+    if cuda and torch.cuda.is_available():
+        if trainer.group.distributed:
+            torch.cuda.set_rng_state(cuda[0])
+        else:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def _rows_of(history: dict[str, Any], rows: slice) -> dict[str, Any]:
+    """The saved history state of the orbits in `rows`."""
+    return {key: value[rows] if value is not None else None for key, value in history.items()}
+
+
+def _history_of_all(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ranks' history states as one (orbits in rank order)."""
+    if len(states) == 1:
+        return states[0]
+    return {key: (None if states[0][key] is None else sum((list(s[key]) for s in states), []) if key == "filled"
+                  else torch.cat([s[key] for s in states])) for key in states[0]}
 
 
 def checkpoint_payload(run: Run, epoch: int, next_epoch: int, stop_reason: str) -> dict[str, Any]:
-    trainer, o = run.trainer, run.trainer.orbits
+    """The checkpoint of the run (under torchrun a collective: every rank calls it, rank 0 gets the
+    whole run and the others an equal payload they do not write)."""
+    trainer, o, group = run.trainer, run.trainer.orbits, run.trainer.group
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    if group.distributed:
+        cuda_rng = [torch.cuda.get_rng_state()] if o.pos.is_cuda else []
+    local = {"pos": o.pos, "vel": o.vel, "acc": o.acc, "energy": o.energy, "history": o.history.state_dict(),
+             "replay": trainer.replay.state_dict(), "torch": torch.get_rng_state(), "cuda": cuda_rng}
+    if group.distributed:  # tensors travel through the host
+        local = {key: _to_cpu(value) for key, value in local.items()}
+    ranks = group.all_gather(local)
+    training_state = {
+        "pos": torch.cat([r["pos"] for r in ranks]), "vel": torch.cat([r["vel"] for r in ranks]),
+        "acc": torch.cat([r["acc"] for r in ranks]), "energy": torch.cat([r["energy"] for r in ranks]),
+        "history": _history_of_all([r["history"] for r in ranks]),
+        "replay": merge_states([r["replay"] for r in ranks], _shards(run), trainer.replay.ledger),
+        "steps_done": list(run.steps_done), "retries": list(run.retries),
+        "replay_orbits": list(trainer.replay.ledger), "ranks": group.size,
+    }
+    rng = {"torch": ranks[0]["torch"], "sampler": trainer.sampler.get_state(), "cuda": ranks[0]["cuda"]}
+    if group.distributed:
+        rng["torch_by_rank"] = [r["torch"] for r in ranks]
+        rng["cuda_by_rank"] = [r["cuda"] for r in ranks]
     return {
         "format_version": FORMAT_VERSION,
         "epoch": epoch,
@@ -177,14 +240,26 @@ def checkpoint_payload(run: Run, epoch: int, next_epoch: int, stop_reason: str) 
         "architecture": trainer.model.architecture(),
         "normalization": trainer.featurizer.scales.to_dict(),
         "training_ics": {"pos": run.ics.pos, "vel": run.ics.vel, "mass": run.ics.mass},
-        "training_state": {
-            "pos": o.pos, "vel": o.vel, "acc": o.acc, "energy": o.energy, "history": o.history.state_dict(),
-            "replay": trainer.replay.state_dict(), "steps_done": list(run.steps_done), "retries": list(run.retries),
-        },
-        "rng": {"torch": torch.get_rng_state(), "sampler": trainer.sampler.get_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        "training_state": training_state,
+        "rng": rng,
         "metrics": list(run.metrics),
     }
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {key: _to_cpu(v) for key, v in value.items()}
+    if isinstance(value, list):
+        return [_to_cpu(v) for v in value]
+    return value
+
+
+def _shards(run: Run) -> list[range]:
+    """The orbits each rank holds."""
+    size = run.trainer.group.size
+    return [range(*distributed.block(run.trainer.total, rank, size).indices(run.trainer.total)) for rank in range(size)]
 
 
 def _summary_rates(metrics: list[dict[str, Any]]) -> tuple[float, float]:
@@ -196,31 +271,67 @@ def _summary_rates(metrics: list[dict[str, Any]]) -> tuple[float, float]:
     return converged / len(metrics), pass_rate
 
 
+def _save(run: Run, name_epoch: int, epoch: int, next_epoch: int, stop_reason: str) -> Path:
+    """Checkpoint the run into the file named after `name_epoch` (every rank takes part; rank 0
+    writes); returns the file's path."""
+    path = checkpoint_path(run.cfg.run_dir, name_epoch)
+    payload = checkpoint_payload(run, epoch, next_epoch, stop_reason)
+    if run.trainer.group.rank == 0:
+        save_checkpoint(path, payload)
+    return path
+
+
+def _stop_after_epoch(run: Run, out_of_time: bool) -> tuple[bool, Optional[int]]:
+    """Whether the run is out of time and which signal asked it to stop, agreed by every rank."""
+    signum = stops.stop_requested()
+    if not run.trainer.group.distributed:
+        return out_of_time, signum
+    votes = run.trainer.group.all_gather((out_of_time, signum))
+    return any(vote[0] for vote in votes), next((vote[1] for vote in votes if vote[1] is not None), None)
+
+
+class _NoMetrics:
+    """Ranks other than 0 log nothing."""
+
+    def log_steps(self, records) -> None:
+        pass
+
+    def log_epoch(self, record) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _interrupted(run: Run, epoch: int, last_path: Optional[Path], signum: int) -> TrainingInterrupted:
     """Checkpoint the finished epoch (unless that just happened) for a run stopped by a signal."""
     path = checkpoint_path(run.cfg.run_dir, epoch)
     if last_path != path:
-        path = save_checkpoint(path, checkpoint_payload(run, epoch, epoch + 1, "interrupted"))
+        path = _save(run, epoch, epoch, epoch + 1, "interrupted")
     return TrainingInterrupted(f"training interrupted by {signal.Signals(signum).name} after epoch {epoch}; "
                                f"checkpoint saved to {path} (continue with --resume {path})", str(path), signum)
 
 
-def run_training(cfg: Config, *, progress: bool = True, stream: TextIO = sys.stderr) -> TrainingResult:
+def run_training(cfg: Config, *, progress: bool = True, stream: TextIO | Literal["stderr"] = "stderr") -> TrainingResult:
     """Train as configured; raises TrainingStopped at the retrain cap and TrainingInterrupted on
     SIGINT/SIGTERM (after the current epoch), both after saving a checkpoint."""
+    if stream == "stderr":  # the stream of the moment (a default bound at import would go stale)
+        stream = sys.stderr
     started = time.perf_counter()
     run = setup(cfg)
     cfg, trainer = run.cfg, run.trainer
-    lock = claim_run_folder(cfg.run_dir)
+    writer = trainer.group.rank == 0  # the one rank that writes files and the summary
+    trainer.group.wait_for_all()  # every rank has passed its checks before rank 0 writes
+    lock = claim_run_folder(cfg.run_dir) if writer else None
     try:
         logger = MetricsLogger(cfg.run_dir / "metrics.jsonl", cfg, resume=bool(cfg.resume),
-                               resume_epoch=run.next_epoch)
+                               resume_epoch=run.next_epoch) if writer else _NoMetrics()
     except BaseException:
         lock.release()
         raise
     last_path: Optional[Path] = None
     stop_reason = "epochs"
-    bar = tqdm(range(run.next_epoch, cfg.epochs), desc="epochs", disable=not progress, file=stream,
+    bar = tqdm(range(run.next_epoch, cfg.epochs), desc="epochs", disable=not (progress and writer), file=stream,
                initial=run.next_epoch, total=cfg.epochs)
     stops.install(started, cfg.duration)
     try:
@@ -228,9 +339,8 @@ def run_training(cfg: Config, *, progress: bool = True, stream: TextIO = sys.std
             epoch_start = time.perf_counter()
             try:
                 part1 = collect(trainer, epoch, run.steps_done, run.retries)
-            except RetrainCapReached as stop:
-                path = save_checkpoint(checkpoint_path(cfg.run_dir, epoch),
-                                       checkpoint_payload(run, epoch - 1, epoch, "retrain_cap"))
+            except RetrainCapReached as stop:  # every rank meets it (the decision is shared)
+                path = _save(run, epoch, epoch - 1, epoch, "retrain_cap")
                 raise TrainingStopped(f"training stopped at epoch {epoch}: {stop}; checkpoint saved to {path}",
                                       str(path)) from None
             logger.log_steps(part1.step_records)
@@ -246,24 +356,26 @@ def run_training(cfg: Config, *, progress: bool = True, stream: TextIO = sys.std
             run.metrics.append(record)
             logger.log_epoch(record)
             bar.set_postfix(traj=len(trainer.replay), part2=part2.status, t=f"{elapsed:.1f}s")
-            out_of_time = cfg.duration is not None and elapsed >= cfg.duration
+            out_of_time, signum = _stop_after_epoch(run, cfg.duration is not None and elapsed >= cfg.duration)
             last_epoch = epoch == cfg.epochs - 1 or out_of_time
             if (epoch + 1) % cfg.checkpoint_every == 0 or last_epoch:
                 stop_reason = "duration" if out_of_time and epoch < cfg.epochs - 1 else "epochs"
-                last_path = save_checkpoint(checkpoint_path(cfg.run_dir, epoch),
-                                            checkpoint_payload(run, epoch, epoch + 1, stop_reason))
+                last_path = _save(run, epoch, epoch, epoch + 1, stop_reason)
             if out_of_time:
                 break
-            if stops.stop_requested() is not None:
-                raise _interrupted(run, epoch, last_path, stops.stop_requested())
+            if signum is not None:
+                raise _interrupted(run, epoch, last_path, signum)
     finally:
         stops.restore()
         bar.close()
         logger.close()
-        lock.release()
+        if lock is not None:
+            lock.release()
+    trainer.group.wait_for_all()  # the last checkpoint is on disk before any rank goes on (`both`)
     convergence, pass_rate = _summary_rates(run.metrics)
     result = TrainingResult(len(run.metrics), time.perf_counter() - started, convergence, len(trainer.replay),
                             pass_rate, str(last_path) if last_path else None, stop_reason, run.metrics,
                             str(cfg.run_dir / "metrics.jsonl"))
-    print(result.summary(), file=stream)
+    if writer:
+        print(result.summary(), file=stream)
     return result

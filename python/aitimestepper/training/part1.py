@@ -70,20 +70,34 @@ class Part1Result:
         return self.gate_passes / self.gate_trials if self.gate_trials else 0.0
 
 
+@dataclass
+class Verdict:
+    """The gate's outcome for every orbit of the run (all ranks), on the host."""
+
+    r: list[float]
+    dt: list[float]
+    moved: list[bool]  # the step moved the state (see moves_state)
+    warm: list[bool]  # the orbit's history window holds no padding
+    stop: bool  # some rank was asked to stop (signal or --duration)
+
+
 def collect(trainer: Trainer, epoch: int, steps_done: list[int], retries: list[int]) -> Part1Result:
     """Collect --steps-per-epoch accepted steps per orbit. steps_done[b] (accepted steps so far)
-    and retries[b] (optimizer steps on b's current state) persist across epochs and resumes."""
+    and retries[b] (optimizer steps on b's current state) persist across epochs and resumes.
+    Every decision is made on the run's B orbits from the shared verdict, so under torchrun all
+    ranks make the same ones; each rank moves and trains only the orbits it holds."""
     cfg, o = trainer.cfg, trainer.orbits
-    needed = [cfg.steps_per_epoch] * o.count
+    needed = [cfg.steps_per_epoch] * trainer.total
     result = Part1Result()
     if o.inputs is None:
         trainer.refresh_inputs()
     while any(needed):
-        if stops.stop_requested() is not None or stops.deadline_passed():
+        gate, verdict = judge(trainer, stop=stops.stop_requested() is not None or stops.deadline_passed())
+        if verdict.stop:
             break  # the epoch ends here; the loop checkpoints what was accepted
-        active = [b for b in range(o.count) if needed[b]]
-        gate, r_host, dt_host, moved = judge(trainer)
-        frozen = [b for b in active if not moved[b]]
+        r_host, dt_host, warm = verdict.r, verdict.dt, verdict.warm
+        active = [b for b in range(trainer.total) if needed[b]]
+        frozen = [b for b in active if not verdict.moved[b]]
         if frozen:
             raise StepTooSmall(frozen[0], steps_done[frozen[0]], dt_host[frozen[0]])
         passed = [r < cfg.energy_threshold for r in r_host]
@@ -101,11 +115,11 @@ def collect(trainer: Trainer, epoch: int, steps_done: list[int], retries: list[i
             b = capped[0]
             raise RetrainCapReached(b, steps_done[b], r_host[b], dt_host[b], retries[b])
         # A warming orbit's step is the classical one, which retraining cannot change: halve it.
-        capped += [b for b in failing if not o.history.warm(b) and b not in capped]
+        capped += [b for b in failing if not warm[b] and b not in capped]
         failing = [b for b in failing if b not in capped]
         trained = failing
         if cfg.train_on == "all" and not failing:  # every judged orbit outside the band
-            trained = [b for b in active if b not in capped and o.history.warm(b)
+            trained = [b for b in active if b not in capped and warm[b]
                        and not cfg.E_lower <= r_host[b] <= cfg.E_upper]
         if trained:  # before any state moves: the gate's graph refers to the current states
             retrain(trainer, gate, trained)
@@ -113,28 +127,32 @@ def collect(trainer: Trainer, epoch: int, steps_done: list[int], retries: list[i
         for b in failing:
             retries[b] += 1
         if capped:
-            gate = _halve_until_pass(trainer, gate, capped, result)
-            r_host, dt_host = torch.stack([gate.r, gate.dt]).tolist()
+            gate, r_host, dt_host = _halve_until_pass(trainer, gate, capped, result)
             accept += capped
         if accept:
             with torch.no_grad():
-                _accept(trainer, gate, sorted(accept), epoch, steps_done, retries, result, r_host, dt_host)
+                _accept(trainer, gate, sorted(accept), warm, epoch, steps_done, retries, result, r_host, dt_host)
             for b in accept:
                 needed[b] -= 1
     return result
 
 
-def judge(trainer: Trainer) -> tuple[Attempt, list[float], list[float], list[bool]]:
+def judge(trainer: Trainer, stop: bool = False) -> tuple[Attempt, Verdict]:
     """The gate on every orbit's current state (dropout off), with a graph for retrain() when the
-    network has no dropout, and the one host sync per attempt: r, dt and whether the step moved
-    the state at all, of every orbit."""
+    network has no dropout, and the one host sync per attempt (under torchrun the one collective
+    that replaces it): r, dt, whether the step moved the state and whether the window is warm,
+    of every orbit, and whether any rank asked to `stop`."""
     o = trainer.orbits
     with torch.set_grad_enabled(trainer.gate_gives_gradient):
         gate = trainer.attempt(o.inputs, o.tau, o.pos, o.vel, o.mass, o.energy, train=False, warming=warming(trainer))
     with torch.no_grad():
         moved = moves_state(gate.pos, o.pos).to(gate.r.dtype)
-        r_host, dt_host, moved_host = torch.stack([gate.r, gate.dt, moved]).tolist()
-    return gate, r_host, dt_host, [m > 0 for m in moved_host]
+        flags = torch.zeros_like(moved)
+        flags[0] = float(stop)
+        warm = torch.tensor([o.history.warm(b) for b in range(o.count)], dtype=gate.r.dtype)
+        rows = torch.stack([gate.r, gate.dt, moved, warm.to(moved.device), flags])
+        r_host, dt_host, moved_host, warm_host, stop_host = trainer.share(rows).tolist()
+    return gate, Verdict(r_host, dt_host, [m > 0 for m in moved_host], [w > 0 for w in warm_host], sum(stop_host) > 0)
 
 
 def moves_state(pos1: torch.Tensor, pos0: torch.Tensor) -> torch.Tensor:
@@ -152,70 +170,104 @@ def warming(trainer: Trainer):
     return torch.tensor([not history.warm(b) for b in range(trainer.orbits.count)], device=trainer.orbits.pos.device)
 
 
-def retrain(trainer: Trainer, gate: Attempt, failing: list[int]) -> None:
-    """One Adam step on the mean band loss of the given orbits (their states have not moved)."""
+def retrain(trainer: Trainer, gate: Attempt, trained: list[int]) -> None:
+    """One Adam step on the mean band loss of the given orbits (their states have not moved); each
+    rank evaluates the ones it holds."""
     o = trainer.orbits
-    if len(failing) == o.count:  # every orbit: the tensors themselves, no indexing ops
+    local = trainer.held(trained)
+    count = len(trained) if trainer.group.distributed else None
+    if not local:
+        trainer.optimize(None, count)
+        return
+    if len(local) == o.count:  # every orbit held here: the tensors themselves, no indexing ops
         pick = lambda t: t  # noqa: E731
     else:
-        index = torch.tensor(failing, device=o.pos.device)
+        index = torch.tensor(local, device=o.pos.device)
         pick = lambda t: t[index]  # noqa: E731
     if trainer.gate_gives_gradient:
         r = pick(gate.r)
     else:  # dropout on for the gradient: a training-mode forward of the same states
         r = trainer.attempt(*(pick(t) for t in (o.inputs, o.tau, o.pos, o.vel, o.mass, o.energy)), train=True).r
-    trainer.optimize(r)
+    trainer.optimize(r, count)
 
 
-def _halve_until_pass(trainer: Trainer, gate: Attempt, capped: list[int], result: Part1Result) -> Attempt:
-    """Halve the gate's dt of the capped orbits until each passes; the others keep their values."""
+# What _halve_until_pass reports per orbit besides r and dt: how it ended.
+_HALVED, _FROZE, _NEVER_PASSED = 0.0, 1.0, 2.0
+
+
+def _halve_until_pass(trainer: Trainer, gate: Attempt, capped: list[int],
+                      result: Part1Result) -> tuple[Attempt, list[float], list[float]]:
+    """Halve the gate's dt of the capped orbits until each passes; the others keep their values.
+    Returns the merged attempt (this rank's orbits) and r and dt of every orbit. A step that stops
+    moving its state, or that never passes, stops the run on every rank."""
     o, cfg = trainer.orbits, trainer.cfg
     dt = gate.dt.detach().clone()
-    pending = list(capped)
     merged = Attempt(*(t.detach().clone() for t in (gate.dt, gate.r, gate.pos, gate.vel, gate.energy)))
+    outcome = torch.full_like(dt, _HALVED)
+    halvings = torch.zeros_like(dt)
+    pending = trainer.held(capped)
     with torch.no_grad():
-        for _ in range(MAX_HALVINGS):
+        for count in range(1, MAX_HALVINGS + 1):
+            if not pending:
+                break
             index = torch.tensor(pending, device=dt.device)
             dt[index] = dt[index] / 2
-            result.halvings += 1
+            halvings[index] = count
             trial = trainer.advance(o.pos, o.vel, o.mass, o.energy, dt)
-            moved = moves_state(trial.pos[index], o.pos[index])
-            if not bool(moved.all()):
-                b = pending[int((~moved).nonzero()[0, 0])]
-                raise StepTooSmall(b, -1, dt[b].item())
+            moved = moves_state(trial.pos[index], o.pos[index]).tolist()
             ok = (trial.r[index] < cfg.energy_threshold).tolist()
-            done = [b for b, good in zip(pending, ok) if good]
-            if done:
-                rows = torch.tensor(done, device=dt.device)
-                for name in ("dt", "r", "pos", "vel", "energy"):
-                    getattr(merged, name)[rows] = getattr(trial, name)[rows]
-            pending = [b for b, good in zip(pending, ok) if not good]
-            if not pending:
-                return merged
-    b = pending[0]
-    raise RetrainCapReached(b, -1, trial.r[b].item(), dt[b].item(), cfg.max_retrain_steps)
+            done = [b for b, good, move in zip(pending, ok, moved) if good and move]
+            froze = [b for b, move in zip(pending, moved) if not move]
+            for rows, value in ((done, None), (froze, _FROZE)):
+                if rows:
+                    rows_t = torch.tensor(rows, device=dt.device)
+                    if value is None:
+                        for name in ("dt", "r", "pos", "vel", "energy"):
+                            getattr(merged, name)[rows_t] = getattr(trial, name)[rows_t]
+                    else:
+                        outcome[rows_t] = value
+                        merged.dt[rows_t] = dt[rows_t]
+            pending = [b for b in pending if b not in done and b not in froze]
+        if pending:
+            rows_t = torch.tensor(pending, device=dt.device)
+            outcome[rows_t] = _NEVER_PASSED
+            merged.dt[rows_t], merged.r[rows_t] = dt[rows_t], trial.r[rows_t]
+        shared = trainer.share(torch.stack([merged.r, merged.dt, outcome, halvings])).tolist()
+    r_host, dt_host, outcome_host, halvings_host = shared
+    result.halvings += int(max(halvings_host[b] for b in capped))
+    for b in capped:
+        if outcome_host[b] == _FROZE:
+            raise StepTooSmall(b, -1, dt_host[b])
+        if outcome_host[b] == _NEVER_PASSED:
+            raise RetrainCapReached(b, -1, r_host[b], dt_host[b], cfg.max_retrain_steps)
+    return merged, r_host, dt_host
 
 
-def _accept(trainer: Trainer, gate: Attempt, rows: list[int], epoch: int, steps_done: list[int],
+def _accept(trainer: Trainer, gate: Attempt, rows: list[int], warm: list[bool], epoch: int, steps_done: list[int],
             retries: list[int], result: Part1Result, r_host: list[float], dt_host: list[float]) -> None:
-    """Move the accepted orbits on: keep warm samples for Part 2, push history, update states."""
+    """Move the accepted orbits on: keep warm samples for Part 2, push history, update states.
+    `rows` are orbits of the run; this rank moves the ones it holds."""
     o = trainer.orbits
-    everyone = len(rows) == o.count
-    index = slice(None) if everyone else torch.tensor(rows, device=o.pos.device)
-    keep = [b for b in rows if o.history.warm(b)]  # warmup: windows with padding are not kept
+    local = trainer.held(rows)
+    keep = [b for b in rows if warm[b]]  # warmup: windows with padding are not kept
     if keep:
-        k = torch.tensor(keep, device=o.pos.device)
-        trainer.replay.append(Samples(o.inputs[k], o.tau[k], o.pos[k], o.vel[k], o.mass[k], o.energy[k], gate.dt[k]))
-    o.history.push(None if everyone else rows, o.block, o.pos, o.vel, o.acc, gate.dt)
-    o.pos[index] = gate.pos[index]
-    o.vel[index] = gate.vel[index]
-    o.energy[index] = gate.energy[index]
-    with ops.unchecked():  # an accepted state has finite energy, hence finite positions
-        o.acc[index] = trainer.acceleration(o.pos[index], o.mass[index])
-    trainer.refresh_inputs()
+        k = torch.tensor(trainer.held(keep), dtype=torch.long, device=o.pos.device)
+        trainer.replay.append(Samples(o.inputs[k], o.tau[k], o.pos[k], o.vel[k], o.mass[k], o.energy[k],
+                                      gate.dt[k]), keep)
+    if local:
+        everyone = len(local) == o.count
+        index = slice(None) if everyone else torch.tensor(local, device=o.pos.device)
+        o.history.push(None if everyone else local, o.block, o.pos, o.vel, o.acc, gate.dt)
+        o.pos[index] = gate.pos[index]
+        o.vel[index] = gate.vel[index]
+        o.energy[index] = gate.energy[index]
+        with ops.unchecked():  # an accepted state has finite energy, hence finite positions
+            o.acc[index] = trainer.acceleration(o.pos[index], o.mass[index])
+        trainer.refresh_inputs()
+    kept = set(keep)
     for b in rows:
         result.step_records.append({"epoch": epoch, "orbit": b, "step": steps_done[b], "dt": dt_host[b], "r": r_host[b],
-                                    "retrain_steps": retries[b], "kept": b in keep})
+                                    "retrain_steps": retries[b], "kept": b in kept})
         steps_done[b] += 1
         retries[b] = 0
         result.accepted += 1

@@ -13,7 +13,7 @@ in Part 1.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -42,6 +42,12 @@ def evaluate(trainer: Trainer, samples: Samples, train: bool = False) -> Attempt
                            train=train)
 
 
+class Outcome(NamedTuple):
+    fail_count: int  # samples of the minibatch (all ranks) that failed the gate
+    converged: bool
+    stopped: bool = False  # some rank was asked to stop: nothing was trained
+
+
 def replay(trainer: Trainer) -> Part2Result:
     cfg = trainer.cfg
     size = len(trainer.replay)
@@ -51,47 +57,52 @@ def replay(trainer: Trainer) -> Part2Result:
     batch = min(cfg.replay_batch_size, size)
     device = trainer.orbits.pos.device
     for _ in range(cfg.replay_steps):
-        if stops.stop_requested() is not None or stops.deadline_passed():
-            break  # the epoch loop checkpoints and stops
         index = torch.randperm(size, generator=trainer.sampler)[:batch].to(device)
-        fail_count, converged = iteration(trainer, trainer.replay.take(index))
+        outcome = iteration(trainer, trainer.replay.take(index), batch,
+                            stop=stops.stop_requested() is not None or stops.deadline_passed())
+        if outcome.stopped:
+            break  # the epoch loop checkpoints and stops
         result.iterations += 1
-        result.pass_rate = 1.0 - fail_count / batch
-        if converged:
+        result.pass_rate = 1.0 - outcome.fail_count / batch
+        if outcome.converged:
             result.converged = True
             break
     return result
 
 
-def iteration(trainer: Trainer, samples: Samples) -> tuple[int, bool]:
+def iteration(trainer: Trainer, samples: Samples, batch: Optional[int] = None, stop: bool = False) -> Outcome:
     """Judge a minibatch in one batched evaluation and take one Adam step unless it has converged
-    (see the module's docstring). Returns the number of samples that failed the gate and whether
-    the minibatch met the convergence criterion."""
-    if trainer.cfg.train_on == "all":
-        return _iteration_on_all(trainer, samples)
-    with torch.set_grad_enabled(trainer.gate_gives_gradient):
-        gate = evaluate(trainer, samples)
-    failing = (gate.r >= trainer.cfg.energy_threshold).nonzero().squeeze(1)
-    fail_count = failing.numel()  # the one host sync per iteration
-    if fail_count == 0:
-        return 0, True
-    if trainer.gate_gives_gradient:  # no dropout: the gate's graph is the training graph
-        trainer.optimize(gate.r[failing])
-    else:
-        failed = Samples(*(t[failing] for t in (samples.inputs, samples.tau, samples.pos, samples.vel, samples.mass,
-                                                samples.energy, samples.dt)))
-        trainer.optimize(evaluate(trainer, failed, train=True).r)
-    return fail_count, False
-
-
-def _iteration_on_all(trainer: Trainer, samples: Samples) -> tuple[int, bool]:
+    (see the module's docstring). `samples` are the ones this rank holds of a minibatch of `batch`
+    (None: samples is the whole minibatch); the one host sync per iteration (under torchrun an
+    all-reduce) decides on the whole minibatch, and on `stop` of any rank."""
     cfg = trainer.cfg
-    with torch.set_grad_enabled(trainer.gate_gives_gradient):
-        gate = evaluate(trainer, samples)
-    loss = band_loss(gate.r.detach(), cfg.E_lower, cfg.E_upper).mean()
-    fails = (gate.r.detach() >= cfg.energy_threshold).sum()
-    fail_count, mean_loss = torch.stack([fails.to(loss.dtype), loss]).tolist()  # the one host sync
-    if fail_count == 0 and mean_loss <= cfg.replay_tolerance:
-        return 0, True
-    trainer.optimize(gate.r if trainer.gate_gives_gradient else evaluate(trainer, samples, train=True).r)
-    return int(fail_count), False
+    count = samples.inputs.shape[0]
+    batch = count if batch is None else batch
+    gate = None
+    if count:
+        with torch.set_grad_enabled(trainer.gate_gives_gradient):
+            gate = evaluate(trainer, samples)
+    r = gate.r.detach() if gate is not None else samples.energy  # (empty)
+    failing = r >= cfg.energy_threshold
+    totals = torch.stack([failing.sum().to(r.dtype), band_loss(r, cfg.E_lower, cfg.E_upper).sum(),
+                          torch.tensor(float(stop), dtype=r.dtype, device=r.device)])
+    fail_count, loss_sum, stopping = trainer.group.all_sum(totals).tolist()
+    fail_count = int(fail_count)
+    if stopping:
+        return Outcome(fail_count, False, stopped=True)
+    if cfg.train_on == "all":
+        if fail_count == 0 and loss_sum / batch <= cfg.replay_tolerance:
+            return Outcome(0, True)
+        trained, trained_count = samples, batch
+        train_r = gate.r if gate is not None else None
+    else:  # --train-on failing: the earlier project's rule
+        if fail_count == 0:
+            return Outcome(0, True)
+        trained = Samples(*(t[failing] for t in (samples.inputs, samples.tau, samples.pos, samples.vel, samples.mass,
+                                                 samples.energy, samples.dt)))
+        trained_count = fail_count
+        train_r = gate.r[failing] if gate is not None else None
+    if not trainer.gate_gives_gradient and trained.inputs.shape[0]:  # dropout on for the gradient
+        train_r = evaluate(trainer, trained, train=True).r
+    trainer.optimize(train_r, trained_count if trainer.group.distributed else None)
+    return Outcome(fail_count, False)

@@ -5,6 +5,11 @@ replay buffer, RNGs) and the one operation both parts share, `attempt`: predict 
 network input (and the state's dynamical time tau, which the scale-aware dt is measured in),
 advance n_steps with it and measure the relative energy error. Part 1 (part1.py), Part 2
 (part2.py) and the epoch loop (loop.py) work on it.
+
+Under torchrun the trainer holds only its rank's orbits (`shard`, a range of the B orbit
+indices) and `group` makes the few collectives a step needs: Part 1 and Part 2 decide on
+every orbit's or sample's result together, and `optimize` sums the gradients of all ranks in
+one all-reduce, so every rank takes the same Adam step on the same weights.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from typing import Callable, Optional
 import torch
 
 from .. import ops
+from ..distributed import SINGLE, Group
 from ..features import Featurizer, History
 from ..model import FullyConnectedNN
 from ..physics.timescale import dynamical_time
@@ -53,8 +59,12 @@ class Attempt:
 
 class Trainer:
     def __init__(self, cfg, model: FullyConnectedNN, forward: Callable, optimizer: torch.optim.Optimizer,
-                 featurizer: Featurizer, orbits: Orbits, replay: ReplayBuffer, sampler: torch.Generator) -> None:
+                 featurizer: Featurizer, orbits: Orbits, replay: ReplayBuffer, sampler: torch.Generator,
+                 group: Group = SINGLE, shard: Optional[range] = None, total: Optional[int] = None) -> None:
         self.cfg = cfg
+        self.group = group
+        self.shard = range(orbits.count) if shard is None else shard  # the orbit indices held here
+        self.total = orbits.count if total is None else total  # B, the orbits of all ranks
         self.model = model
         self.forward = forward
         self.optimizer = optimizer
@@ -104,10 +114,35 @@ class Trainer:
                 warming: Optional[torch.Tensor] = None) -> Attempt:
         return self.advance(pos, vel, mass, energy0, self.predict_dt(inputs, tau, train, warming))
 
-    def optimize(self, r: torch.Tensor) -> torch.Tensor:
-        """One Adam step on the mean band loss of the rows of r; returns the loss (a tensor: no host sync)."""
-        loss = band_loss(r, self.cfg.E_lower, self.cfg.E_upper).mean()
+    def held(self, orbits: list[int]) -> list[int]:
+        """This rank's rows of the given orbits of the run (those it holds), in order."""
+        start = self.shard.start
+        return [b - start for b in orbits if b in self.shard]
+
+    def share(self, rows: torch.Tensor) -> torch.Tensor:
+        """[k, B]: every orbit's values from each rank's [k, B_local] (one all-reduce of a zero-padded
+        table under torchrun: adding zeros is exact, so every value arrives unchanged)."""
+        if not self.group.distributed:
+            return rows
+        table = rows.new_zeros(rows.shape[0], self.total)
+        table[:, self.shard.start: self.shard.stop] = rows
+        return self.group.all_sum(table)
+
+    def optimize(self, r: Optional[torch.Tensor], count: Optional[int] = None) -> None:
+        """One Adam step on the mean band loss over `count` rows of all ranks, of which r holds
+        this rank's (None or empty: none; count None: the rows of r are all there are)."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if r is not None and r.numel():
+            loss = band_loss(r, self.cfg.E_lower, self.cfg.E_upper)
+            (loss.mean() if count is None else loss.sum() / count).backward()
+        if self.group.distributed:
+            self._sum_gradients()
         self.optimizer.step()
-        return loss.detach()
+
+    def _sum_gradients(self) -> None:
+        """Every rank's gradient summed in one all-reduce (a rank without rows adds zeros)."""
+        params = list(self.model.parameters())
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+        self.group.all_sum(flat)
+        for p, grad in zip(params, flat.split([p.numel() for p in params])):
+            p.grad = grad.view_as(p)
