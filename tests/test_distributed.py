@@ -155,6 +155,32 @@ def test_resume_on_another_number_of_ranks_is_refused(runs):
     assert "written by a run on 1 rank(s) and this run has 2" in done.stderr, done.stderr[-3000:]
 
 
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="nccl needs a CUDA GPU (runs on a GPU machine)")
+
+
+@needs_cuda
+def test_cuda_one_rank_on_nccl_computes_what_one_process_computes(tmp_path, capsys):
+    """The nccl path (`--device cuda` is cuda:LOCAL_RANK), with the one rank a GPU machine has."""
+    flags = ["train", *TRAIN, "--device", "cuda"]
+    assert cli_main([*flags, "--output-dir", str(tmp_path / "one")]) == 0
+    done = torchrun(["-m", "aitimestepper", *flags, "--output-dir", str(tmp_path / "nccl")], tmp_path, ranks=1)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, nccl = load(tmp_path / "one/run/model/model_epoch_0003.pt"), load(tmp_path / "nccl/run/model/model_epoch_0003.pt")
+    for name, weight in one["model_state_dict"].items():
+        assert_close(nccl["model_state_dict"][name], weight, name)
+    capsys.readouterr()
+    simulate = ["simulate", "--model-path", str(tmp_path / "one/run"), "--integrator-mode", "history", "--device", "cuda",
+                "--num-orbits", "64", "--Nperiod", "1", "--e-max", "0.8", "--seed", "7"]
+    assert cli_main(simulate) == 0
+    alone = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    done = torchrun(["-m", "aitimestepper", *simulate], tmp_path, ranks=1)
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [{k: v for k, v in r.items() if k != "wall_time_s"} for r in printed] == \
+        [{k: v for k, v in r.items() if k != "wall_time_s"} for r in alone]
+
+
 # ----------------------------------------------------------------------------------------------
 # The pieces, in one process
 

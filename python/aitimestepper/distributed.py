@@ -209,7 +209,10 @@ class ProcessGroup(Group):
             raise
 
     def close(self) -> None:
+        """Tear the group down at the end of a command, together: a rank that tore its connections
+        down while another still used them could abort that one at exit."""
         if self._dist.is_initialized():
+            self._call("barrier", self._dist.barrier)
             self._dist.destroy_process_group()
 
 

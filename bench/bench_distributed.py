@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""torchrun on one machine: ensemble simulation and training on 2 ranks against 1, same work.
+
+Every case runs the `aitimestepper` command as a user would, once as one process and once under
+`torchrun --nproc-per-node 2`, each process on one thread (`--threads 1`), alternating for
+--rounds rounds; the median of each is reported.
+
+- simulate: B Kepler systems for a fixed number of steps, with a fixed dt and with the learned
+  dt (a quickstart-sized network [64, 64] trained here first). Throughput is B x steps over the
+  stepping loop's wall time (`wall_time_s`, the slowest rank's); the process's whole wall time,
+  start-up included, is recorded beside it. Target (issue 14): 2 ranks >= 1.8x 1 rank.
+- train: 64 orbits, a small network [16, 16]: the median epoch time (metrics.jsonl) on 1 and 2
+  ranks.
+- allreduce: under torchrun, one retrain iteration of that run (the gate on this rank's 32
+  orbits, the band loss's backward, the gradient all-reduce, Adam) against the two collectives
+  in it alone (the gradient all-reduce and the decision all-reduce): their share of the
+  iteration.
+
+    python bench/bench_distributed.py [--rounds 3] [--systems 1024] [--out bench/results/cpu-2core.jsonl]
+
+The machine must be otherwise idle: two ranks on two cores leave nothing for anything else.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+
+import harness as h  # noqa: E402
+
+TRAIN_FLAGS = ["--num-orbits", "64", "--num-particles", "3", "--hidden-dims", "16", "16", "--dropout", "0",
+               "--n-steps", "3", "--steps-per-epoch", "2", "--replay-steps", "10", "--replay-batch-size", "256",
+               "--min-replay-size", "8", "--lr", "1e-3", "--weight-decay", "0", "--energy-threshold", "1e-3",
+               "--E_upper", "1e-4", "--E_lower", "1e-6", "--on-retrain-cap", "halve", "--seed", "1"]
+
+
+def launch(ranks: int, program: list[str]) -> list[str]:
+    """`program` (["-m", module, ...] or [script, ...]) as one process or under torchrun."""
+    if ranks == 1:
+        return [sys.executable, *program]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}", *program]
+
+
+def command(ranks: int, args: list[str]) -> list[str]:
+    """The aitimestepper command with `args` on `ranks` ranks."""
+    return launch(ranks, ["-m", "aitimestepper", *args])
+
+
+def run(cmd: list[str], cwd: Path) -> tuple[str, float]:
+    started = time.perf_counter()
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    if done.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+    return done.stdout, elapsed
+
+
+def simulate_case(work: Path, mode_flags: list[str], systems: int, steps: int, rounds: int) -> dict:
+    flags = ["simulate", *mode_flags, "--num-orbits", str(systems), "--steps", str(steps), "--e-min", "0.3",
+             "--e-max", "0.7", "--seed", "5", "--threads", "1"]
+    results: dict[int, dict[str, list[float]]] = {1: {"loop": [], "process": []}, 2: {"loop": [], "process": []}}
+    for _ in range(rounds):
+        for ranks in (1, 2):
+            out, elapsed = run(command(ranks, flags), work)
+            records = [json.loads(line) for line in out.splitlines()]
+            assert len(records) == systems
+            results[ranks]["loop"].append(systems * steps / records[0]["wall_time_s"])
+            results[ranks]["process"].append(systems * steps / elapsed)
+    return {ranks: {key: statistics.median(values) for key, values in r.items()} for ranks, r in results.items()}
+
+
+def train_case(work: Path, epochs: int, rounds: int) -> dict[int, float]:
+    times: dict[int, list[float]] = {1: [], 2: []}
+    for round_ in range(rounds):
+        for ranks in (1, 2):
+            folder = work / f"train-{ranks}-{round_}"
+            run(command(ranks, ["train", *TRAIN_FLAGS, "--epochs", str(epochs), "--threads", "1",
+                                "--output-dir", str(folder), "--checkpoint-every", str(epochs)]), work)
+            epochs_seen = [json.loads(line) for line in (folder / "run/metrics.jsonl").read_text().splitlines()]
+            epoch_times = [r["epoch_time_s"] for r in epochs_seen if "epoch_time_s" in r][1:]  # the first warms up
+            times[ranks].append(statistics.median(epoch_times))
+    return {ranks: statistics.median(values) for ranks, values in times.items()}
+
+
+def allreduce_worker(out: str) -> None:
+    """Under torchrun: time a retrain iteration and its collectives on this rank; rank 0 writes."""
+    import torch
+
+    from aitimestepper import distributed
+    from aitimestepper.cli import configs_for
+    from aitimestepper.training import part1
+    from aitimestepper.training.loop import setup
+
+    cfg, _ = configs_for("train", ["train", *TRAIN_FLAGS, "--threads", "1", "--output-dir", tempfile.mkdtemp()])
+    run_ = setup(cfg)
+    trainer = run_.trainer
+    trainer.refresh_inputs()
+    group = trainer.group
+    everyone = list(range(trainer.total))
+
+    def iteration() -> None:
+        gate, _ = part1.judge(trainer)
+        part1.retrain(trainer, gate, everyone)
+
+    gradient = torch.zeros(sum(p.numel() for p in trainer.model.parameters()), dtype=torch.float64)
+    decision = torch.zeros(5, trainer.total, dtype=torch.float64)
+    timings = {}
+    for name, fn in (("iteration", iteration), ("gradient_allreduce", lambda: group.all_sum(gradient)),
+                     ("decision_allreduce", lambda: group.all_sum(decision))):
+        # Every rank runs the same number of calls (a collective each): fixed counts, no calibration.
+        for _ in range(20):
+            fn()
+        samples = []
+        for _ in range(30):
+            started = time.perf_counter()
+            for _ in range(10):
+                fn()
+            samples.append((time.perf_counter() - started) / 10)
+        timings[name] = statistics.median(samples)
+    if group.rank == 0:
+        Path(out).write_text(json.dumps({**timings, "parameters": gradient.numel(), "ranks": group.size}))
+    distributed.leave()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--systems", type=int, default=1024)
+    parser.add_argument("--fixed-steps", type=int, default=4000)
+    parser.add_argument("--learned-steps", type=int, default=800)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--out", default=str(HERE / "results" / "cpu-2core.jsonl"))
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        allreduce_worker(args.worker)
+        return 0
+
+    log = h.ResultLog(args.out, suite="distributed")
+    lines = []
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        run([sys.executable, "-m", "aitimestepper", "train", "--config", str(HERE.parent / "configs/quickstart.toml"),
+             "--epochs", "20", "--output-dir", str(work), "--threads", "1"], work)
+        model = work / "quickstart"
+        for mode, mode_flags, steps in (
+                ("fixed", ["--integrator-mode", "analytic", "--dt", "1e-3"], args.fixed_steps),
+                ("learned", ["--integrator-mode", "ml", "--model-path", str(model)], args.learned_steps)):
+            result = simulate_case(work, mode_flags, args.systems, steps, args.rounds)
+            speedup = result[2]["loop"] / result[1]["loop"]
+            params = {"mode": mode, "systems": args.systems, "steps": steps, "N": 2, "threads_per_rank": 1,
+                      "rounds": args.rounds}
+            log.append(case=f"simulate_{mode}_2ranks_vs_1", backend="cpu", params=params,
+                       metrics={"one_rank_system_steps_per_s": result[1]["loop"],
+                                "two_ranks_system_steps_per_s": result[2]["loop"], "speedup": speedup,
+                                "one_rank_whole_process_system_steps_per_s": result[1]["process"],
+                                "two_ranks_whole_process_system_steps_per_s": result[2]["process"]},
+                       primary="speedup")
+            target = h.Target(f"simulate ({mode} dt) 2 ranks / 1 rank", ">=", 1.8).evaluate(speedup)
+            log.append_target(target, backend="cpu")
+            lines.append(f"simulate {mode:7s} B={args.systems} steps={steps}: 1 rank {result[1]['loop']:.3g}, "
+                         f"2 ranks {result[2]['loop']:.3g} system-steps/s (loop), x{speedup:.2f} "
+                         f"[{target['status']} >= 1.8]; whole process x{result[2]['process'] / result[1]['process']:.2f}")
+
+        epoch = train_case(work, args.epochs, args.rounds)
+        log.append(case="train_64_orbits_2ranks_vs_1", backend="cpu",
+                   params={"orbits": 64, "hidden_dims": [16, 16], "N": 3, "epochs": args.epochs, "threads_per_rank": 1},
+                   metrics={"one_rank_epoch_s": epoch[1], "two_ranks_epoch_s": epoch[2], "speedup": epoch[1] / epoch[2]},
+                   primary="speedup")
+        lines.append(f"train 64 orbits [16, 16]: epoch {epoch[1] * 1e3:.1f} ms on 1 rank, {epoch[2] * 1e3:.1f} ms on 2 "
+                     f"ranks (x{epoch[1] / epoch[2]:.2f})")
+
+        report = work / "allreduce.json"
+        run(launch(2, [str(Path(__file__).resolve()), "--worker", str(report)]), work)
+        t = json.loads(report.read_text())
+        share = (t["gradient_allreduce"] + t["decision_allreduce"]) / t["iteration"]
+        log.append(case="retrain_iteration_collectives_2ranks", backend="cpu",
+                   params={"orbits": 64, "hidden_dims": [16, 16], "N": 3, "parameters": t["parameters"]},
+                   metrics={"iteration_s": t["iteration"], "gradient_allreduce_s": t["gradient_allreduce"],
+                            "decision_allreduce_s": t["decision_allreduce"], "collective_share": share},
+                   primary="collective_share")
+        lines.append(f"retrain iteration on 2 ranks: {t['iteration'] * 1e6:.0f} us, gradient all-reduce "
+                     f"({t['parameters']} float64) {t['gradient_allreduce'] * 1e6:.0f} us, decision all-reduce "
+                     f"{t['decision_allreduce'] * 1e6:.0f} us: {100 * share:.0f}% of the iteration")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
