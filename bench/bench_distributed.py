@@ -12,9 +12,9 @@ Every case runs the `aitimestepper` command as a user would, once as one process
 - train: 64 orbits, a small network [16, 16]: the median epoch time (metrics.jsonl) on 1 and 2
   ranks.
 - allreduce: under torchrun, one retrain iteration of that run (the gate on this rank's 32
-  orbits, the band loss's backward, the gradient all-reduce, Adam) against the two collectives
-  in it alone (the gradient all-reduce and the decision all-reduce): their share of the
-  iteration.
+  orbits, the band loss's backward, the gradient all-reduce, Adam), with the small network and
+  with the default one, against the two collectives in it alone (the gradient all-reduce and
+  the decision all-reduce): their share of the iteration.
 
     python bench/bench_distributed.py [--rounds 3] [--systems 1024] [--out bench/results/cpu-2core.jsonl]
 
@@ -90,8 +90,22 @@ def train_case(work: Path, epochs: int, rounds: int) -> dict[int, float]:
     return {ranks: statistics.median(values) for ranks, values in times.items()}
 
 
+def _time_collectively(fn, calls: int = 10, repeats: int = 30) -> float:
+    """Median seconds per call; every rank makes the same calls (each may hold a collective)."""
+    for _ in range(calls * 2):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        samples.append((time.perf_counter() - started) / calls)
+    return statistics.median(samples)
+
+
 def allreduce_worker(out: str) -> None:
-    """Under torchrun: time a retrain iteration and its collectives on this rank; rank 0 writes."""
+    """Under torchrun: a retrain iteration of the 64-orbit run (small network, then the default
+    one) beside the collectives in it; rank 0 writes the seconds per call."""
     import torch
 
     from aitimestepper import distributed
@@ -99,34 +113,28 @@ def allreduce_worker(out: str) -> None:
     from aitimestepper.training import part1
     from aitimestepper.training.loop import setup
 
-    cfg, _ = configs_for("train", ["train", *TRAIN_FLAGS, "--threads", "1", "--output-dir", tempfile.mkdtemp()])
-    run_ = setup(cfg)
-    trainer = run_.trainer
-    trainer.refresh_inputs()
-    group = trainer.group
-    everyone = list(range(trainer.total))
+    report = {}
+    for network, hidden in (("small", ["16", "16"]), ("default", ["200", "1000", "1000", "200"])):
+        flags = [*TRAIN_FLAGS, "--threads", "1", "--output-dir", tempfile.mkdtemp(), "--hidden-dims", *hidden]
+        cfg, _ = configs_for("train", ["train", *flags])
+        trainer = setup(cfg).trainer
+        trainer.refresh_inputs()
+        group = trainer.group
+        everyone = list(range(trainer.total))
 
-    def iteration() -> None:
-        gate, _ = part1.judge(trainer)
-        part1.retrain(trainer, gate, everyone)
+        def iteration() -> None:
+            gate, _ = part1.judge(trainer)
+            part1.retrain(trainer, gate, everyone)
 
-    gradient = torch.zeros(sum(p.numel() for p in trainer.model.parameters()), dtype=torch.float64)
-    decision = torch.zeros(5, trainer.total, dtype=torch.float64)
-    timings = {}
-    for name, fn in (("iteration", iteration), ("gradient_allreduce", lambda: group.all_sum(gradient)),
-                     ("decision_allreduce", lambda: group.all_sum(decision))):
-        # Every rank runs the same number of calls (a collective each): fixed counts, no calibration.
-        for _ in range(20):
-            fn()
-        samples = []
-        for _ in range(30):
-            started = time.perf_counter()
-            for _ in range(10):
-                fn()
-            samples.append((time.perf_counter() - started) / 10)
-        timings[name] = statistics.median(samples)
+        gradient = torch.zeros(sum(p.numel() for p in trainer.model.parameters()), dtype=torch.float64)
+        decision = torch.zeros(5, trainer.total, dtype=torch.float64)
+        calls = 10 if network == "small" else 2
+        report[network] = {"parameters": gradient.numel(), "orbits_per_rank": len(trainer.shard),
+                           "iteration": _time_collectively(iteration, calls),
+                           "gradient_allreduce": _time_collectively(lambda: group.all_sum(gradient), calls),
+                           "decision_allreduce": _time_collectively(lambda: group.all_sum(decision), calls)}
     if group.rank == 0:
-        Path(out).write_text(json.dumps({**timings, "parameters": gradient.numel(), "ranks": group.size}))
+        Path(out).write_text(json.dumps({"ranks": group.size, **report}))
     distributed.leave()
 
 
@@ -180,16 +188,21 @@ def main(argv=None) -> int:
 
         report = work / "allreduce.json"
         run(launch(2, [str(Path(__file__).resolve()), "--worker", str(report)]), work)
-        t = json.loads(report.read_text())
-        share = (t["gradient_allreduce"] + t["decision_allreduce"]) / t["iteration"]
-        log.append(case="retrain_iteration_collectives_2ranks", backend="cpu",
-                   params={"orbits": 64, "hidden_dims": [16, 16], "N": 3, "parameters": t["parameters"]},
-                   metrics={"iteration_s": t["iteration"], "gradient_allreduce_s": t["gradient_allreduce"],
-                            "decision_allreduce_s": t["decision_allreduce"], "collective_share": share},
-                   primary="collective_share")
-        lines.append(f"retrain iteration on 2 ranks: {t['iteration'] * 1e6:.0f} us, gradient all-reduce "
-                     f"({t['parameters']} float64) {t['gradient_allreduce'] * 1e6:.0f} us, decision all-reduce "
-                     f"{t['decision_allreduce'] * 1e6:.0f} us: {100 * share:.0f}% of the iteration")
+        for network, t in json.loads(report.read_text()).items():
+            if network == "ranks":
+                continue
+            share = (t["gradient_allreduce"] + t["decision_allreduce"]) / t["iteration"]
+            log.append(case=f"retrain_iteration_collectives_2ranks_{network}_net", backend="cpu",
+                       params={"orbits": 64, "orbits_per_rank": t["orbits_per_rank"], "N": 3,
+                               "parameters": t["parameters"], "threads_per_rank": 1},
+                       metrics={"iteration_s": t["iteration"], "gradient_allreduce_s": t["gradient_allreduce"],
+                                "decision_allreduce_s": t["decision_allreduce"], "collective_share": share,
+                                "gradient_bytes": 8 * t["parameters"]},
+                       primary="collective_share")
+            lines.append(f"retrain iteration, {network} network, 2 ranks x {t['orbits_per_rank']} orbits: "
+                         f"{t['iteration'] * 1e6:.0f} us; gradient all-reduce ({t['parameters']} float64) "
+                         f"{t['gradient_allreduce'] * 1e6:.0f} us, decision all-reduce "
+                         f"{t['decision_allreduce'] * 1e6:.0f} us: {100 * share:.0f}% of the iteration")
     print("\n".join(lines))
     return 0
 

@@ -15,6 +15,7 @@ so a resume with the same number of ranks continues exactly; another number is r
 """
 from __future__ import annotations
 
+import hashlib
 import signal
 import sys
 import time
@@ -213,7 +214,11 @@ def checkpoint_payload(run: Run, epoch: int, next_epoch: int, stop_reason: str) 
              "replay": trainer.replay.state_dict(), "torch": torch.get_rng_state(), "cuda": cuda_rng}
     if group.distributed:  # tensors travel through the host
         local = {key: _to_cpu(value) for key, value in local.items()}
+        local["weights"] = _digest(trainer.model)
     ranks = group.all_gather(local)
+    if len({r.get("weights") for r in ranks}) > 1:  # every rank sees the same list, so all stop here
+        raise RuntimeError("the ranks hold different network weights (a bug: every rank must take the same "
+                           "optimizer steps); the run stops without a checkpoint")
     training_state = {
         "pos": torch.cat([r["pos"] for r in ranks]), "vel": torch.cat([r["vel"] for r in ranks]),
         "acc": torch.cat([r["acc"] for r in ranks]), "energy": torch.cat([r["energy"] for r in ranks]),
@@ -244,6 +249,14 @@ def checkpoint_payload(run: Run, epoch: int, next_epoch: int, stop_reason: str) 
         "rng": rng,
         "metrics": list(run.metrics),
     }
+
+
+def _digest(model: torch.nn.Module) -> str:
+    """A fingerprint of the network's weights, bit for bit."""
+    digest = hashlib.sha256()
+    for tensor in model.state_dict().values():
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _to_cpu(value: Any) -> Any:
