@@ -53,11 +53,11 @@ def config(backend: str, hidden: list[int], N: int, B: int, **extra) -> Config:
     return Config(**{**base, **extra})
 
 
-def network_only(model, inputs: torch.Tensor, optimizer) -> None:
+def network_only(model, inputs: torch.Tensor, tau: torch.Tensor, optimizer) -> None:
     """The network's own cost of a retrain step: forward + backward + Adam, nothing else."""
     if not model.training:
         model.train()
-    loss = model.dt(inputs).sum()
+    loss = model.dt(inputs, tau).sum()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

@@ -20,6 +20,7 @@ import torch
 from _product_bench import (DEFAULT_NET, RESULTS, SMALL_NET, add_common_arguments, backends_to_run, config, h,
                             measure_paired, network_only, set_threads)
 from aitimestepper import ops
+from aitimestepper.physics.timescale import dynamical_time
 from aitimestepper.training import part1, part2
 from aitimestepper.training.loop import setup
 from aitimestepper.training.replay import Samples
@@ -39,7 +40,7 @@ def part2_iteration(trainer, size: int) -> None:
     """One Part 2 iteration as replay() runs it: draw a minibatch, judge it in one batched
     evaluation and (every sample failing) take the optimizer step."""
     index = torch.randperm(len(trainer.replay), generator=trainer.sampler)[:size]
-    part2.iteration(trainer, trainer.replay.take(index))
+    part2.iteration(trainer, trainer.replay.take(index), size)
 
 
 def fill_replay(trainer, size: int) -> None:
@@ -54,7 +55,8 @@ def fill_replay(trainer, size: int) -> None:
     history = trainer.featurizer.new_history(size, *pos.shape[1:], pos.dtype, pos.device)
     inputs, _ = trainer.featurizer.inputs(history, pos, vel, mass, acc)
     energy = ops.total_energy(pos, vel, mass, **trainer.physics)
-    trainer.replay.append(Samples(inputs, pos, vel, mass, energy, torch.zeros_like(energy)))
+    tau = dynamical_time(pos, acc)
+    trainer.replay.append(Samples(inputs, tau, pos, vel, mass, energy, torch.zeros_like(energy)), [0] * size)
 
 
 def trainer_for(backend: str, hidden: list[int], N: int, B: int, **extra):
@@ -90,14 +92,15 @@ def main(argv=None) -> int:
         trainer = trainer_for(backend, DEFAULT_NET, 2, 1)
         o = trainer.orbits
         paired = measure_paired(lambda: retrain_iteration(trainer),
-                                lambda: network_only(trainer.model, o.inputs, trainer.optimizer), budget_s=args.budget)
+                                lambda: network_only(trainer.model, o.inputs, o.tau, trainer.optimizer), budget_s=args.budget)
         record("retrain_default_net_N2_B1", backend, {**params, "N": 2, "B": 1, "hidden_dims": DEFAULT_NET}, paired,
                h.Target("retrain / network-only (default net)", "<=", 1.25), paired.ratio, "network-only")
 
         # Small network, N = 3: the retrain iteration and, beside it, Part 2 over 512 samples.
-        small = trainer_for(backend, SMALL_NET, 3, 1, energy_threshold=ALWAYS_FAIL)
+        small = trainer_for(backend, SMALL_NET, 3, 1, energy_threshold=ALWAYS_FAIL, E_upper=ALWAYS_FAIL,
+                            E_lower=ALWAYS_FAIL / 10)
         paired = measure_paired(lambda: retrain_iteration(small),
-                                lambda: network_only(small.model, small.orbits.inputs, small.optimizer),
+                                lambda: network_only(small.model, small.orbits.inputs, small.orbits.tau, small.optimizer),
                                 budget_s=args.budget)
         record("retrain_small_net_N3_B1", backend, {**params, "N": 3, "B": 1, "hidden_dims": SMALL_NET}, paired,
                h.Target("retrain overhead beyond network (small, N=3)", "<=", 1e-3, "s"), paired.difference_s,
@@ -111,7 +114,7 @@ def main(argv=None) -> int:
 
         batched = trainer_for(backend, SMALL_NET, 3, 64)
         paired = measure_paired(lambda: retrain_iteration(batched),
-                                lambda: network_only(batched.model, batched.orbits.inputs, batched.optimizer),
+                                lambda: network_only(batched.model, batched.orbits.inputs, batched.orbits.tau, batched.optimizer),
                                 budget_s=args.budget)
         record("retrain_small_net_N3_B64", backend, {**params, "N": 3, "B": 64, "hidden_dims": SMALL_NET}, paired,
                h.Target("retrain iteration, 64 orbits (small, N=3)", "<=", 3e-3, "s"), paired.target.median_s,
