@@ -199,8 +199,15 @@ def _history_of_all(states: list[dict[str, Any]]) -> dict[str, Any]:
     """The ranks' history states as one (orbits in rank order)."""
     if len(states) == 1:
         return states[0]
-    return {key: (None if states[0][key] is None else sum((list(s[key]) for s in states), []) if key == "filled"
-                  else torch.cat([s[key] for s in states])) for key in states[0]}
+    merged: dict[str, Any] = {}
+    for key, first in states[0].items():
+        if first is None:  # a buffer this feature type does not use
+            merged[key] = None
+        elif key == "filled":  # a list per orbit
+            merged[key] = [count for state in states for count in state[key]]
+        else:
+            merged[key] = torch.cat([state[key] for state in states])
+    return merged
 
 
 def checkpoint_payload(run: Run, epoch: int, next_epoch: int, stop_reason: str) -> dict[str, Any]:
@@ -272,7 +279,8 @@ def _to_cpu(value: Any) -> Any:
 def _shards(run: Run) -> list[range]:
     """The orbits each rank holds."""
     size = run.trainer.group.size
-    return [range(*distributed.block(run.trainer.total, rank, size).indices(run.trainer.total)) for rank in range(size)]
+    blocks = [distributed.block(run.trainer.total, rank, size) for rank in range(size)]
+    return [range(b.start, b.stop) for b in blocks]
 
 
 def _summary_rates(metrics: list[dict[str, Any]]) -> tuple[float, float]:
