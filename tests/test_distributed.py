@@ -232,3 +232,11 @@ def test_sharded_replay_buffers_hold_and_merge_the_one_process_trajectory():
     restored = ReplayBuffer(3, 2, 2, torch.float64, "cpu", mine=range(2, 4))
     restored.load_state_dict(merged, ranks[0].ledger)
     assert restored.take(torch.arange(9)).energy.tolist() == [2.0, 3.0, 5.0, 7.0, 8.0]
+
+
+def test_evaluate_under_torchrun_says_it_runs_in_one_process(monkeypatch, capsys):
+    for key, value in (("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(key, value)
+    assert cli_main(["evaluate", "--model-path", "nowhere"]) == 2
+    assert "evaluate runs in one process" in capsys.readouterr().err
+    assert not torch.distributed.is_initialized()

@@ -145,12 +145,15 @@ def judge(trainer: Trainer, stop: bool = False) -> tuple[Attempt, Verdict]:
     o = trainer.orbits
     with torch.set_grad_enabled(trainer.gate_gives_gradient):
         gate = trainer.attempt(o.inputs, o.tau, o.pos, o.vel, o.mass, o.energy, train=False, warming=warming(trainer))
+    warm = [o.history.warm(b) for b in range(o.count)]
     with torch.no_grad():
         moved = moves_state(gate.pos, o.pos).to(gate.r.dtype)
+        if not trainer.group.distributed:  # this process knows the warm windows and the stop already
+            r_host, dt_host, moved_host = torch.stack([gate.r, gate.dt, moved]).tolist()
+            return gate, Verdict(r_host, dt_host, [m > 0 for m in moved_host], warm, stop)
         flags = torch.zeros_like(moved)
         flags[0] = float(stop)
-        warm = torch.tensor([o.history.warm(b) for b in range(o.count)], dtype=gate.r.dtype)
-        rows = torch.stack([gate.r, gate.dt, moved, warm.to(moved.device), flags])
+        rows = torch.stack([gate.r, gate.dt, moved, torch.tensor(warm, dtype=moved.dtype, device=moved.device), flags])
         r_host, dt_host, moved_host, warm_host, stop_host = trainer.share(rows).tolist()
     return gate, Verdict(r_host, dt_host, [m > 0 for m in moved_host], [w > 0 for w in warm_host], sum(stop_host) > 0)
 
