@@ -489,24 +489,28 @@ def results_json(cfg: Config, systems: Systems, out: dict[str, Any], first: int 
     momentum_residual = (P1 - P0).norm(dim=-1) / momentum_scale
     angular_residual = _norm_of(L1 - L0) / angular_scale
     finite_state = torch.isfinite(out["pos"]).flatten(1).all(-1) & torch.isfinite(out["vel"]).flatten(1).all(-1)
+    # Every column to Python values in one transfer each (per-value .item() calls on a GPU would
+    # be a host sync each: millions for a large ensemble).
+    tensors = {"steps": out["steps"], "t_final": out["t"], "energy_initial": E0, "energy_final": E1,
+               "energy_residual": (E1 - E0) / E0, "momentum_initial": P0, "momentum_final": P1,
+               "momentum_residual": momentum_residual, "angular_momentum_initial": L0,
+               "angular_momentum_final": L1, "angular_momentum_residual": angular_residual,
+               "dt_mean": out["dt"]["dt_mean"], "dt_min": out["dt"]["dt_min"], "dt_max": out["dt"]["dt_max"],
+               "energy_error_max": out["energy_error_max"], "force_evaluations": out["evaluations"],
+               "stalled": out["stalled"], "diverged": out["diverged"], "finite_state": finite_state}
+    columns = {key: value.tolist() for key, value in tensors.items()}
     records = []
     for b in range(systems.pos.shape[0]):
-        record = {
-            "system": first + b, "mode": cfg.integrator_mode, "integrator": cfg.integrator,
-            "steps": int(out["steps"][b]), "t_final": out["t"][b].item(),
-            "energy_initial": E0[b].item(), "energy_final": E1[b].item(),
-            "energy_residual": ((E1[b] - E0[b]) / E0[b]).item(),
-            "momentum_initial": P0[b].tolist(), "momentum_final": P1[b].tolist(),
-            "momentum_residual": momentum_residual[b].item(),
-            "angular_momentum_initial": L0[b].tolist(), "angular_momentum_final": L1[b].tolist(),
-            "angular_momentum_residual": angular_residual[b].item(),
-            "dt_mean": out["dt"]["dt_mean"][b].item(), "dt_min": out["dt"]["dt_min"][b].item(),
-            "dt_max": out["dt"]["dt_max"][b].item(),
-            "energy_error_max": out["energy_error_max"][b].item(),
-            "force_evaluations": int(out["evaluations"][b]), "wall_time_s": out["wall_time_s"],
-            "step_cap_reached": out["step_cap_reached"], "stalled": bool(out["stalled"][b]),
-        }
-        diverged = bool(out["diverged"][b]) or not bool(finite_state[b]) or not all(
+        record = {"system": first + b, "mode": cfg.integrator_mode, "integrator": cfg.integrator}
+        for key in ("steps", "t_final", "energy_initial", "energy_final", "energy_residual", "momentum_initial",
+                    "momentum_final", "momentum_residual", "angular_momentum_initial", "angular_momentum_final",
+                    "angular_momentum_residual", "dt_mean", "dt_min", "dt_max", "energy_error_max",
+                    "force_evaluations"):
+            record[key] = columns[key][b]
+        record["steps"], record["force_evaluations"] = int(record["steps"]), int(record["force_evaluations"])
+        record.update({"wall_time_s": out["wall_time_s"], "step_cap_reached": out["step_cap_reached"],
+                       "stalled": bool(columns["stalled"][b])})
+        diverged = bool(columns["diverged"][b]) or not columns["finite_state"][b] or not all(
             _finite(record[key]) for key in ("energy_final", "energy_residual", "momentum_final",
                                              "angular_momentum_final", "t_final"))
         record = {key: _strict(value) for key, value in record.items()}
