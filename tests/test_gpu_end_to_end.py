@@ -134,13 +134,15 @@ def test_cuda_graph_steps_match_the_step_by_step_loop(tmp_path, mode, dtype):
     cfg = simulation_config(cfg, checkpoint).replace(e_min=0.3, e_max=0.8, num_orbits=3)
     systems = make_systems(cfg, torch.Generator().manual_seed(3))
     t_end = torch.tensor([0.1, 0.6, 50.0], dtype=systems.pos.dtype, device=DEVICE)
-    outs, blocks = [], []
+    outs, blocks, replays = [], [], []
     for step_blocks in ("per-step", BLOCKS):
         simulator = Simulator(cfg, checkpoint)
         simulator.step_blocks = step_blocks
         outs.append(simulator.run(systems, t_end, None))
         blocks.append(simulator.blocks_run)
+        replays.append(simulator.graph_replays)
     assert blocks[0] == 0 and blocks[1] >= 6
+    assert replays == ([0, blocks[1] - 1] if ON_CUDA else [0, 0])  # the first block warms up, eagerly
     eager, graphed = outs
     rtol = 1e-12 if dtype == "float64" else 1e-5
     for key in ("pos", "vel", "t", "energy_error_max"):

@@ -160,6 +160,7 @@ class Simulator:
         # on the CPU). All three give the same results.
         self.step_blocks = "auto"
         self.blocks_run = 0  # blocks of CHECK_EVERY steps the last run took as a unit
+        self.graph_replays = 0  # of which replays of a captured CUDA graph
 
     # ------------------------------------------------------------------
     def run(self, systems: Systems, t_end: Optional[torch.Tensor], recording: Optional[Recording]) -> dict[str, Any]:
@@ -208,6 +209,7 @@ class Simulator:
                 self._record(recording, loop.t, loop.pos, loop.vel, loop.mass, loop.dt)
             if taken % CHECK_EVERY == 0 and not loop.flags.update(loop.t, loop.h, loop.deviation_max):
                 break  # every system finished or stopped
+        self.graph_replays = block.replays if isinstance(block, _GraphedSteps) else 0
         t, flags, stats = loop.t, loop.flags, loop.stats
         if taken % CHECK_EVERY or not taken:  # (a second look right after one would see every time frozen)
             flags.update(t, loop.h if taken else None, loop.deviation_max)
@@ -327,22 +329,32 @@ class _GraphedSteps:
     """A _StepBlock captured once as a CUDA graph and replayed: its few hundred kernels go to
     the GPU in one launch. Every tensor the block reads from one replay to the next is a buffer
     it updates in place (see _Loop), so replays continue the run; what the host tracks (the dt
-    log's row counter) returns to where it was at the end of each block. The block's first
-    call must come after eager steps (cuBLAS handles, the feature constants, the step rule's
-    first step are set up outside the capture)."""
+    log's row counter) returns to where it was at the end of each block. The first call runs
+    the block eagerly on a side stream (torch's warm-up rule for capture: every kernel, cuBLAS
+    handle and cached constant of the block exists before the capture); the second captures
+    it, and every call replays it."""
 
     def __init__(self, block: _StepBlock) -> None:
         self.block = block
         self.graph: Optional[torch.cuda.CUDAGraph] = None
         self.still_moving: Optional[torch.Tensor] = None
+        self.replays = 0
 
     def __call__(self) -> torch.Tensor:
+        if self.still_moving is None:  # warm-up: a real block, eagerly, on a side stream
+            side, main = torch.cuda.Stream(), torch.cuda.current_stream()
+            side.wait_stream(main)
+            with torch.cuda.stream(side):
+                self.still_moving = self.block()
+            main.wait_stream(side)
+            return self.still_moving
         if self.graph is None:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 self.still_moving = self.block()
             self.graph = graph
         self.graph.replay()
+        self.replays += 1
         return self.still_moving
 
 
