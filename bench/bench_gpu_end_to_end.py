@@ -7,7 +7,9 @@
   network's forward alone plus the fused single step (`ops.step`, steps=1) alone on the same
   batch, B / (t_forward + t_step). Target: >= 50% of the bound, and >= 100x the same ensemble on
   the 2-core CPU (its row: `bench/results/cpu-2core.jsonl`, from this script with
-  `--devices cpu --cases ensemble`). The step-by-step loop is measured beside the graphed one.
+  `--devices cpu --cases ensemble`). Measured three ways: the CUDA graphs (the default), the
+  step-by-step loop, and the graphs with `--compile` (features + network compiled by
+  torch.compile); the targets take the faster of the first and the last, as the issue says.
 - `single`: one system, the same network, time per learned step against the bare network
   forward (one row, eager) on the device; launches per step (torch.profiler: kernels per step,
   and host launches per step with the graphs). Target: <= 3x the forward.
@@ -70,14 +72,16 @@ def _synchronized(fn, device: str):
 
 
 def _simulation(device: str, B: int, dtype: str, hidden: list[int]):
-    """(make simulator for a step count, systems, checkpoint): an untrained network of the given
-    architecture (speed does not depend on the weights) and B random three-body systems."""
+    """(make a simulator, systems): an untrained network of the given architecture (speed does
+    not depend on the weights) and B random three-body systems. simulator(step_blocks, compile)
+    runs `ml` with the step loop's mode and --compile as given; its step count is set per run
+    (one Simulator per variant: with --compile, a new one would compile anew)."""
     base = dict(device=device, dtype=dtype, dim=2)
     run = setup(config("auto", hidden, 3, 1, **base))
     checkpoint = checkpoint_payload(run, 0, 1, "bench")
 
-    def simulator(steps: int, step_blocks: str = "auto") -> Simulator:
-        sim = Simulator(config("auto", hidden, 3, B, integrator_mode="ml", steps=steps, **base), checkpoint)
+    def simulator(step_blocks: str = "auto", compile: bool = False) -> Simulator:
+        sim = Simulator(config("auto", hidden, 3, B, integrator_mode="ml", compile=compile, **base), checkpoint)
         sim.step_blocks = step_blocks
         return sim
 
@@ -85,12 +89,14 @@ def _simulation(device: str, B: int, dtype: str, hidden: list[int]):
     return simulator, systems
 
 
-def _per_step(simulator_for, systems, device: str, short: int, long: int, budget: float, step_blocks: str) -> dict:
+def _per_step(simulator_for, systems, device: str, short: int, long: int, budget: float, step_blocks: str,
+              compile: bool = False) -> dict:
     """Seconds per step from the slope between runs of `short` and `long` steps, and the run's
     fixed cost (set-up, capture) from the intercept."""
     timings = {}
+    sim = simulator_for(step_blocks, compile)
     for steps in (short, long):
-        sim = simulator_for(steps, step_blocks)
+        sim.cfg = sim.cfg.replace(steps=steps)
         taken = int(sim.run(systems, None, None)["steps"].max())  # untimed: warm-up, and the check below
         if taken != steps:  # every system stopped early (diverged): the slope would be meaningless
             raise RuntimeError(f"the {steps}-step run stopped after {taken} steps")
@@ -104,7 +110,7 @@ def _per_step(simulator_for, systems, device: str, short: int, long: int, budget
 
 def _model_forward(simulator_for, B: int, device: str, dtype):
     """The network and its dt head alone on B rows, as the loop calls it (inference mode)."""
-    sim = simulator_for(1)
+    sim = simulator_for()
     inputs = torch.rand(B, sim.featurizer.input_dim, dtype=dtype, device=device)
     tau = torch.rand(B, dtype=dtype, device=device) + 0.5
     model_dt = sim.model.bind_dt(B, dtype, device)
@@ -125,6 +131,8 @@ def ensemble_case(log, device: str, args, lines: list[str]) -> None:
     graphed = _per_step(simulator_for, systems, device, short, long, args.budget, "auto")
     eager = _per_step(simulator_for, systems, device, short, long, args.budget, "per-step") \
         if device.startswith("cuda") else None
+    compiled = _per_step(simulator_for, systems, device, short, long, args.budget, "auto", compile=True) \
+        if args.compiled else None
     forward = h.measure(_model_forward(simulator_for, B, device, dtype), device=device, budget_s=args.budget)
     dt = torch.full((B,), 1e-3, dtype=dtype, device=device)
 
@@ -141,6 +149,10 @@ def ensemble_case(log, device: str, args, lines: list[str]) -> None:
     if eager is not None:
         metrics.update({"per_step_loop_system_steps_per_s": B / eager["step_s"], "graph_speedup": eager["step_s"] /
                         graphed["step_s"], "per_step_loop_run_overhead_s": eager["run_overhead_s"]})
+    if compiled is not None:
+        metrics.update({"compiled_system_steps_per_s": B / compiled["step_s"],
+                        "compiled_ratio_to_bound": B / compiled["step_s"] / bound,
+                        "compiled_run_overhead_s": compiled["run_overhead_s"]})
     cpu = _cpu_reference(args.cpu_reference, B) if device.startswith("cuda") else None
     if cpu is not None:
         metrics["cpu_2core_system_steps_per_s"] = cpu
@@ -155,14 +167,22 @@ def ensemble_case(log, device: str, args, lines: list[str]) -> None:
             f"ratio {achieved / bound:.2f}")
     if eager is not None:
         line += f"; step-by-step loop {B / eager['step_s']:.3g} ({metrics['graph_speedup']:.2f}x slower)"
+    if compiled is not None:
+        line += (f"; with --compile {metrics['compiled_system_steps_per_s']:.3g} "
+                 f"(ratio {metrics['compiled_ratio_to_bound']:.2f})")
     if device.startswith("cuda") and not args.quick:
-        evaluated = h.Target("ensemble learned-dt / (forward + fused step) bound", ">=", 0.5).evaluate(achieved / bound)
+        # The issue's rule: the graph or the compiled variant, whichever measures faster.
+        best, variant = achieved, "CUDA graph"
+        if compiled is not None and metrics["compiled_system_steps_per_s"] > best:
+            best, variant = metrics["compiled_system_steps_per_s"], "CUDA graph + --compile"
+        evaluated = h.Target("ensemble learned-dt / (forward + fused step) bound", ">=", 0.5).evaluate(
+            best / bound, note=variant)
         log.append_target(evaluated, backend=_backend(device))
-        line += f" [{evaluated['status']}]"
+        line += f" [{evaluated['status']}, {variant}]"
         if cpu is not None:
-            evaluated = h.Target("ensemble learned-dt / 2-core CPU", ">=", 100.0).evaluate(achieved / cpu)
+            evaluated = h.Target("ensemble learned-dt / 2-core CPU", ">=", 100.0).evaluate(best / cpu, note=variant)
             log.append_target(evaluated, backend=_backend(device))
-            line += f"; {achieved / cpu:.0f}x the 2-core CPU [{evaluated['status']}]"
+            line += f"; {best / cpu:.0f}x the 2-core CPU [{evaluated['status']}]"
         else:
             line += "; no 2-core CPU row to compare with"
     lines.append(line)
@@ -183,7 +203,8 @@ def _launches_per_step(simulator_for, systems, device: str, step_blocks: str, st
     launches and graph launches per step (CPU: aten ops per step)."""
     from torch.profiler import ProfilerActivity, profile
 
-    sim = simulator_for(steps, step_blocks)
+    sim = simulator_for(step_blocks)
+    sim.cfg = sim.cfg.replace(steps=steps)
     sim.run(systems, None, None)  # warm
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
     with profile(activities=activities) as prof:
@@ -210,11 +231,16 @@ def single_case(log, device: str, args, lines: list[str]) -> None:
     short, long = (2 * CHECK_EVERY, 6 * CHECK_EVERY) if args.quick else (2 * CHECK_EVERY, 2 * CHECK_EVERY + 640)
     graphed = _per_step(simulator_for, systems, device, short, long, args.budget, "auto")
     eager = _per_step(simulator_for, systems, device, short, long, args.budget, "per-step")
+    compiled = _per_step(simulator_for, systems, device, short, long, args.budget, "auto", compile=True) \
+        if args.compiled else None
     forward = h.measure(_model_forward(simulator_for, 1, device, dtype), device=device, budget_s=args.budget)
     ratio = graphed["step_s"] / forward.median_s
     metrics = {"step_s": graphed["step_s"], "forward_s": forward.median_s, "ratio_to_forward": ratio,
                "per_step_loop_step_s": eager["step_s"], "per_step_loop_ratio_to_forward": eager["step_s"] /
                forward.median_s, "run_overhead_s": graphed["run_overhead_s"]}
+    if compiled is not None:
+        metrics.update({"compiled_step_s": compiled["step_s"], "compiled_ratio_to_forward":
+                        compiled["step_s"] / forward.median_s, "compiled_run_overhead_s": compiled["run_overhead_s"]})
     try:
         for label, blocks in (("graphed", "auto"), ("per_step_loop", "per-step")):
             counted = _launches_per_step(simulator_for, systems, device, blocks, 8 * CHECK_EVERY)
@@ -227,6 +253,8 @@ def single_case(log, device: str, args, lines: list[str]) -> None:
                primary="ratio_to_forward")
     line = (f"{device:5s} single system: step {graphed['step_s'] * 1e6:.1f} us, forward {forward.median_s * 1e6:.1f} "
             f"us: {ratio:.2f}x (step-by-step loop {eager['step_s'] * 1e6:.1f} us)")
+    if compiled is not None:
+        line += f"; with --compile {compiled['step_s'] * 1e6:.1f} us ({metrics['compiled_ratio_to_forward']:.2f}x)"
     if device.startswith("cuda") and "graphed_kernels_per_step" in metrics:
         line += (f"; kernels/step {metrics['graphed_kernels_per_step']:.1f}, host launches/step: graphed "
                  f"{metrics['graphed_launch_calls_per_step'] + metrics['graphed_graph_launches_per_step']:.2f}, "
@@ -234,9 +262,13 @@ def single_case(log, device: str, args, lines: list[str]) -> None:
     elif "graphed_aten_ops_per_step" in metrics:
         line += f"; aten ops/step {metrics['graphed_aten_ops_per_step']:.1f}"
     if device.startswith("cuda") and not args.quick:
-        evaluated = h.Target("single-system learned step / network forward (GPU)", "<=", 3.0).evaluate(ratio)
+        best, variant = ratio, "CUDA graph"
+        if compiled is not None and metrics["compiled_ratio_to_forward"] < best:
+            best, variant = metrics["compiled_ratio_to_forward"], "CUDA graph + --compile"
+        evaluated = h.Target("single-system learned step / network forward (GPU)", "<=", 3.0).evaluate(best,
+                                                                                                     note=variant)
         log.append_target(evaluated, backend=_backend(device))
-        line += f" [{evaluated['status']}]"
+        line += f" [{evaluated['status']}, {variant}]"
     lines.append(line)
 
 
@@ -297,6 +329,8 @@ def main(argv=None) -> int:
     parser.add_argument("--long-steps", type=int, default=40 * CHECK_EVERY,
                         help="extra steps of the long simulation run (the slope's run)")
     parser.add_argument("--tf32", action="store_true", help="TF32 matrix products for float32 training on CUDA")
+    parser.add_argument("--no-compiled", dest="compiled", action="store_false",
+                        help="skip the --compile variants of the simulation cases (each compiles for seconds)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--cpu-reference", default=str(CPU_REFERENCE),
                         help="results file with the 2-core CPU's ensemble row")

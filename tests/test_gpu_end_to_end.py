@@ -200,3 +200,30 @@ def test_cuda_training_syncs_once_per_attempt_and_iteration(tmp_path):
     assert part1.attempts == part1.retrain_steps == 4 and part2.iterations == 5
     if ON_CUDA:
         assert part1_syncs[0] == part1.attempts and part2_syncs[0] == part2.iterations
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_cuda_compiled_policy_inside_the_graphs(tmp_path, dtype):
+    """--compile: features, tau, network and dt head as one torch.compile'd function, captured
+    in the CUDA graphs with everything else; the uncompiled step-by-step loop's results to
+    round-off (inductor reorders the float operations)."""
+    from aitimestepper.checkpoint import load_checkpoint
+    from aitimestepper.initial_conditions import make_systems
+    from aitimestepper.simulate import simulation_config
+
+    trained = run_training(e2e_config(tmp_path, epochs=1, dtype=dtype, hidden_dims=[32, 32]), progress=False)
+    checkpoint = load_checkpoint(trained.checkpoint, map_location=DEVICE)
+    cfg = simulation_config(e2e_config(tmp_path, dtype=dtype).replace(integrator_mode="ml", steps=8 * CHECK_EVERY),
+                            checkpoint).replace(num_orbits=4, e_min=0.3, e_max=0.8)
+    systems = make_systems(cfg, torch.Generator().manual_seed(5))
+    plain = Simulator(cfg, checkpoint)
+    plain.step_blocks = "per-step"
+    expected = plain.run(systems, None, None)
+    compiled = Simulator(cfg.replace(compile=True), checkpoint)
+    compiled.step_blocks = BLOCKS
+    out = compiled.run(systems, None, None)
+    assert compiled.blocks_run == 7 and compiled.graph_replays == (6 if ON_CUDA else 0)
+    rtol = 1e-10 if dtype == "float64" else 1e-4
+    for key in ("pos", "vel", "t", "energy_error_max"):
+        torch.testing.assert_close(out[key], expected[key], rtol=rtol, atol=rtol * 1e-2, msg=key)
+    assert torch.equal(out["steps"], expected["steps"]) and not out["diverged"].any()

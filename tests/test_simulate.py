@@ -260,3 +260,25 @@ def test_a_step_count_on_a_check_is_not_stalled(tmp_path):
     for steps in (CHECK_EVERY, 2 * CHECK_EVERY, 2 * CHECK_EVERY + 1):
         records = run_json(sim_config(tmp_path, integrator_mode="analytic", dt=1e-3, steps=steps))
         assert not records[0]["stalled"] and records[0]["steps"] == steps
+
+
+@pytest.mark.parametrize("kind", ["plain", "history"])
+def test_compile_flag_runs_the_policy_through_torch_compile(tmp_path, checkpoints, kind):
+    """--compile (a flag simulate used to parse and ignore): features, tau, network and dt head
+    as one torch.compile'd function; the same run as without it, to round-off, step by step and
+    in blocks."""
+    from aitimestepper.checkpoint import load_checkpoint
+    from aitimestepper.simulate import Simulator, simulation_config
+
+    data = load_checkpoint(checkpoints[kind])
+    cfg = simulation_config(sim_config(tmp_path, integrator_mode="ml" if kind == "plain" else "history",
+                                       model_path=checkpoints[kind], steps=40, num_orbits=2), data)
+    systems = make_systems(cfg, torch.Generator().manual_seed(cfg.seed))
+    plain = Simulator(cfg, data).run(systems, None, None)
+    compiled = Simulator(cfg.replace(compile=True), data)
+    assert compiled.compiled_policy() is not None
+    for mode in ("per-step", "blocks"):
+        compiled.step_blocks = mode
+        out = compiled.run(systems, None, None)
+        torch.testing.assert_close(out["pos"], plain["pos"], rtol=1e-12, atol=1e-14)
+        assert torch.equal(out["steps"], plain["steps"])

@@ -30,6 +30,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, TextIO
@@ -44,7 +45,7 @@ from .guards import check_outputs
 from .initial_conditions import Systems, kepler_period, make_systems
 from .physics.integrators import substep_weights
 from .ops.backends import _core
-from .physics.timescale import bind_dynamical_time
+from .physics.timescale import bind_dynamical_time, dynamical_time
 
 # System settings a checkpoint supplies unless the user gives them explicitly.
 INHERITED_FROM_CHECKPOINT = ("num_particles", "dim", "mass", "G", "softening", "integrator", "external_field_mass",
@@ -162,6 +163,39 @@ class Simulator:
         self.blocks_run = 0  # blocks of CHECK_EVERY steps the last run took as a unit
         self.graph_replays = 0  # of which replays of a captured CUDA graph
 
+    def compiled_policy(self):
+        """With --compile (learned modes, state-block features): the step policy's pure-PyTorch
+        part, features -> tau -> network -> dt, as one torch.compile'd function of the state
+        buffers and the history's feature blocks (None without history), returning (block, tau,
+        f). On a GPU inductor fuses its ~60 small kernels into a few; the CUDA graph captures
+        the compiled kernels like any other. Built once per Simulator (compiled on first call,
+        per shape). None without --compile; delta_mag features are not compiled (a warning)."""
+        if not self.cfg.compile or self.featurizer is None:
+            return None
+        if getattr(self, "_policy", None) is None:
+            featurizer, model = self.featurizer, self.model
+            if featurizer.feature_type == "delta_mag":
+                warnings.warn("--compile: delta_mag features run uncompiled in simulation", stacklevel=2)
+                return None
+
+            def policy(pos, vel, mass, acc, past):
+                tau = dynamical_time(pos, acc)
+                if featurizer.feature_type == "scaled":
+                    block = featurizer.scaled_block(pos, vel, mass, acc, tau)
+                else:
+                    block = featurizer.state_block_reference(pos, vel, mass, acc)
+                x = block if past is None else torch.cat([past.flatten(1), block], -1)
+                if model.embedding is not None:
+                    x = model(x)
+                else:  # the network as plain functions (the compiled CPU MLP cannot be traced)
+                    for function, *arguments in model._plan():
+                        x = function(x, *arguments)
+                return block, tau, model.dt_from_output(x, tau)
+
+            model._plan()  # built eagerly, as the feature constants (_Loop)
+            self._policy = torch.compile(policy, fullgraph=True, dynamic=False)
+        return self._policy
+
     # ------------------------------------------------------------------
     def run(self, systems: Systems, t_end: Optional[torch.Tensor], recording: Optional[Recording]) -> dict[str, Any]:
         """Integrate the systems; returns their final pos/vel, t, steps, dt statistics and counts."""
@@ -274,6 +308,9 @@ class _Loop:
         self.features = featurizer.bind(pos, vel, mass, acc) if featurizer is not None else None
         self.tau = bind_dynamical_time(pos, vel, mass, acc, cfg.G, cfg.softening) if self.features is None else None
         self.model_dt = self.model.bind_dt(B, pos.dtype, pos.device) if self.model is not None else None
+        self.policy = simulator.compiled_policy() if self.features is not None else None
+        if self.policy is not None:
+            featurizer._constants(pos, *pos.shape[1:])  # built eagerly: the traced function only reads them
 
     def step(self, warming: bool = False) -> None:
         """One step of every system; self.h and self.dt hold its h (the rule's step) and dt."""
@@ -300,6 +337,10 @@ class _Loop:
             return torch.full_like(self.t, self.cfg.dt)
         if mode == "adaptive":
             return self.cfg.eta * self.tau()
+        if self.policy is not None:  # --compile: features, tau, network and dt head as one compiled function
+            past = self.history.blocks if self.history is not None else None
+            self._block, tau, f = self.policy(self.pos, self.vel, self.mass, self.acc, past)
+            return self.warmup_eta * tau if warming else f
         inputs, self._block = self.features(self.history)
         if warming:
             return self.warmup_eta * self.features.tau
