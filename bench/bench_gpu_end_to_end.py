@@ -198,31 +198,35 @@ def _cpu_reference(path: str, B: int):
     return best
 
 
-def _launches_per_step(simulator_for, systems, device: str, step_blocks: str, steps: int) -> dict:
-    """From torch.profiler over one run: GPU kernels (and copies/memsets) per step, host kernel
-    launches and graph launches per step (CPU: aten ops per step)."""
+def _launches_per_step(simulator_for, systems, device: str, step_blocks: str, compile: bool = False) -> dict:
+    """From torch.profiler, the slope between runs of 4 and 12 blocks (the steady state: set-up,
+    the eager first block and the graph's warm-up block cancel): GPU kernels (and copies and
+    memsets) per step, host kernel launches and graph launches per step (CPU: aten ops)."""
     from torch.profiler import ProfilerActivity, profile
 
-    sim = simulator_for(step_blocks)
-    sim.cfg = sim.cfg.replace(steps=steps)
-    sim.run(systems, None, None)  # warm
+    sim = simulator_for(step_blocks, compile)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
-    with profile(activities=activities) as prof:
-        sim.run(systems, None, None)
-        _sync(device)
-    counts = {"kernels": 0, "launch_calls": 0, "graph_launches": 0, "aten_ops": 0}
-    for event in prof.events():
-        name = event.name
-        if event.device_type == torch.autograd.DeviceType.CUDA:
-            counts["kernels"] += 1
-        elif name in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx"):
-            counts["launch_calls"] += 1
-        elif name in ("cudaGraphLaunch", "cuGraphLaunch"):
-            counts["graph_launches"] += 1
-        elif name.startswith("aten::"):
-            counts["aten_ops"] += 1
-    # Includes the run's set-up (initial energy, acceleration): a few launches over `steps` steps.
-    return {f"{key}_per_step": value / steps for key, value in counts.items()}
+    counted = {}
+    for steps in (4 * CHECK_EVERY, 12 * CHECK_EVERY):
+        sim.cfg = sim.cfg.replace(steps=steps)
+        sim.run(systems, None, None)  # warm
+        with profile(activities=activities) as prof:
+            sim.run(systems, None, None)
+            _sync(device)
+        counts = {"kernels": 0, "launch_calls": 0, "graph_launches": 0, "aten_ops": 0}
+        for event in prof.events():
+            name = event.name
+            if event.device_type == torch.autograd.DeviceType.CUDA:
+                counts["kernels"] += 1
+            elif name in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx"):
+                counts["launch_calls"] += 1
+            elif name in ("cudaGraphLaunch", "cuGraphLaunch"):
+                counts["graph_launches"] += 1
+            elif name.startswith("aten::"):
+                counts["aten_ops"] += 1
+        counted[steps] = counts
+    short, long = sorted(counted)
+    return {f"{key}_per_step": (counted[long][key] - counted[short][key]) / (long - short) for key in counted[long]}
 
 
 def single_case(log, device: str, args, lines: list[str]) -> None:
@@ -242,8 +246,11 @@ def single_case(log, device: str, args, lines: list[str]) -> None:
         metrics.update({"compiled_step_s": compiled["step_s"], "compiled_ratio_to_forward":
                         compiled["step_s"] / forward.median_s, "compiled_run_overhead_s": compiled["run_overhead_s"]})
     try:
-        for label, blocks in (("graphed", "auto"), ("per_step_loop", "per-step")):
-            counted = _launches_per_step(simulator_for, systems, device, blocks, 8 * CHECK_EVERY)
+        variants = [("graphed", "auto", False), ("per_step_loop", "per-step", False)]
+        if compiled is not None and device.startswith("cuda"):
+            variants.append(("compiled", "auto", True))
+        for label, blocks, compile in variants:
+            counted = _launches_per_step(simulator_for, systems, device, blocks, compile)
             metrics.update({f"{label}_{key}": value for key, value in counted.items()})
     except Exception as error:  # the profiler is a diagnostic: its failure must not lose the timing
         metrics["launch_count_error"] = repr(error)
@@ -256,9 +263,12 @@ def single_case(log, device: str, args, lines: list[str]) -> None:
     if compiled is not None:
         line += f"; with --compile {compiled['step_s'] * 1e6:.1f} us ({metrics['compiled_ratio_to_forward']:.2f}x)"
     if device.startswith("cuda") and "graphed_kernels_per_step" in metrics:
-        line += (f"; kernels/step {metrics['graphed_kernels_per_step']:.1f}, host launches/step: graphed "
-                 f"{metrics['graphed_launch_calls_per_step'] + metrics['graphed_graph_launches_per_step']:.2f}, "
-                 f"step by step {metrics['per_step_loop_launch_calls_per_step']:.1f}")
+        line += (f"; kernels/step {metrics['graphed_kernels_per_step']:.1f}"
+                 + (f" (with --compile {metrics['compiled_kernels_per_step']:.1f})"
+                    if "compiled_kernels_per_step" in metrics else "")
+                 + f", host launches/step: graphed {metrics['graphed_launch_calls_per_step']:.2f} kernels + "
+                 f"{metrics['graphed_graph_launches_per_step']:.3f} graphs, step by step "
+                 f"{metrics['per_step_loop_launch_calls_per_step']:.1f}")
     elif "graphed_aten_ops_per_step" in metrics:
         line += f"; aten ops/step {metrics['graphed_aten_ops_per_step']:.1f}"
     if device.startswith("cuda") and not args.quick:
