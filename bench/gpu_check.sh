@@ -36,7 +36,7 @@ set -u -o pipefail
 # each fused variant for seconds on first use (CPU-bound), so the tests spread over processes
 # with pytest-xdist where it is installed (it is on the lent GPU image).
 # AITS_TEST_K replaces the keyword expression (a follow-up call that reruns a few tests).
-TEST_SELECTION=(-k "${AITS_TEST_K:-(cuda or triton) and not gpu_end_to_end}")  # the end-to-end module has its own phase
+TEST_SELECTION=(-k "${AITS_TEST_K:-(cuda or triton) and not gpu_end_to_end and not transfer}")  # these two have their own phase
 TEST_WORKERS=${AITS_TEST_WORKERS:-14}
 # xdist options: N workers, and tests handed out one at a time (--maxschedchunk, pytest-xdist
 # >= 3.3) so that the compile-heavy tests conftest.py puts first go to different workers: by
@@ -143,7 +143,7 @@ if ((GPU == 0)); then
     # The end-to-end tests' own logic on the CPU (uncaptured blocks instead of CUDA graphs), and
     # the end-to-end benchmark at tiny sizes: both must pass.
     phase e2e-tests-dry "$(limit 240 60)" env AITS_E2E_DEVICE=cpu OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} \
-      "$PYTHON" -m pytest -q tests/test_gpu_end_to_end.py -p no:cacheprovider || DRY_FAILED=1
+      "$PYTHON" -m pytest -q tests/test_gpu_end_to_end.py tests/test_transfer.py -p no:cacheprovider || DRY_FAILED=1
     phase e2e-bench-dry "$(limit 240 30)" env OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} "$PYTHON" \
       bench/bench_gpu_end_to_end.py --quick --devices cpu --out "$OUT" ${AITS_E2E_ARGS:-} || DRY_FAILED=1
   fi
@@ -175,7 +175,7 @@ print_build_info || FAILED=1
 #     forward + fused step, the single-system step against the forward with launch counts, the
 #     retrain iteration against forward + backward + Adam). Rows: $OUT/end_to_end.jsonl.
 if [[ "$E2E" == 1 ]]; then
-  phase e2e-tests "$(limit 200 200)" "$PYTHON" -m pytest -q tests/test_gpu_end_to_end.py -p no:cacheprovider \
+  phase e2e-tests "$(limit 200 200)" "$PYTHON" -m pytest -q tests/test_gpu_end_to_end.py tests/test_transfer.py -p no:cacheprovider \
     --durations=10 || FAILED=1
   phase e2e-bench "$(limit 240 0)" "$PYTHON" bench/bench_gpu_end_to_end.py --out "$OUT" ${AITS_E2E_ARGS:-} \
     || FAILED=1
