@@ -302,7 +302,7 @@ def training_case(log, device: str, args, lines: list[str]) -> None:
         trainer.refresh_inputs()
         inputs = trainer.orbits.inputs
         paired = measure_paired(_synchronized(lambda t=trainer: _retrain_iteration(t), device),
-                                _synchronized(lambda t=trainer: network_only(t.model, inputs, t.optimizer, t.orbits.tau), device),
+                                _synchronized(lambda t=trainer: network_only(t.model, inputs, t.orbits.tau, t.optimizer), device),
                                 budget_s=args.budget)
         metrics = {**paired.metrics(), "iteration_s": paired.target.median_s, "network_only_s": paired.baseline.median_s,
                    "iterations_per_s": 1 / paired.target.median_s}
