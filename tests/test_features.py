@@ -165,3 +165,26 @@ def test_bound_inputs_follow_buffers_updated_in_place(feature_type, K):
         history.push(None, block, pos, vel, acc, torch.full((2,), 0.1, dtype=torch.float64))
         pos.add_(0.01 * vel)  # the caller moves the state in place; the bound function sees it
         acc.copy_(ops.acceleration(pos, system.mass))
+
+
+def test_the_pytorch_bound_scaled_features_compute_tau_once(monkeypatch):
+    """Where the compiled kernel does not apply (GPU tensors), Featurizer.bind's function runs
+    the PyTorch formula: the scaled block reuses its tau, with the values of Featurizer.inputs."""
+    from aitimestepper import physics
+    from aitimestepper.features import _BoundReference
+
+    monkeypatch.setattr(features_module, "_HAS_COMPILED_SCALED", False)
+    system = make_system(3, 2, (2,), seed=6)
+    acc = ops.acceleration(system.pos, system.mass)
+    featurizer = Featurizer("scaled", 1, Scales(), softening=0.01)
+    history = featurizer.new_history(2, 3, 2, torch.float64, "cpu")
+    bound = featurizer.bind(system.pos, system.vel, system.mass, acc)
+    assert isinstance(bound, _BoundReference)
+    calls = []
+    original = features_module.dynamical_time
+    monkeypatch.setattr(features_module, "dynamical_time", lambda *a: calls.append(1) or original(*a))
+    inputs, block = bound(history)
+    assert len(calls) == 1
+    expected, expected_block = featurizer.inputs(history, system.pos, system.vel, system.mass, acc)
+    assert torch.equal(inputs, expected) and torch.equal(block, expected_block)
+    assert torch.equal(bound.tau, physics.timescale.dynamical_time(system.pos, acc))

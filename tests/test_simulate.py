@@ -172,3 +172,113 @@ def test_steps_past_the_end_time_record_no_frames(tmp_path):
     assert CHECK_EVERY > 6, "the end must fall between two checks for this test to mean anything"
     assert recording.dt == pytest.approx([0.01] * 5 + [0.005])
     assert recording.t[-1] == pytest.approx(0.055) and out["t"][0].item() == pytest.approx(0.055)
+
+
+# ---------------------------------------------------------------------------------------------
+# Blocks of CHECK_EVERY steps (what a CUDA graph replays) against the step-by-step loop
+
+
+def _run_both_ways(cfg, checkpoint=None, t_end=None, systems=None):
+    """The same run step by step and in blocks without capture: (per-step out, blocks out, blocks run)."""
+    from aitimestepper.checkpoint import load_checkpoint
+    from aitimestepper.simulate import Simulator, simulation_config
+
+    data = load_checkpoint(checkpoint) if checkpoint else None
+    cfg = simulation_config(cfg, data)
+    systems = systems if systems is not None else make_systems(cfg, torch.Generator().manual_seed(cfg.seed))
+    outs = []
+    for mode in ("per-step", "blocks"):
+        simulator = Simulator(cfg, data)
+        simulator.step_blocks = mode
+        outs.append(simulator.run(systems, t_end, None))
+    return outs[0], outs[1], simulator.blocks_run
+
+
+def _assert_same_run(a, b):
+    for key in ("pos", "vel", "t", "steps", "energy_error_max", "diverged", "stalled", "evaluations"):
+        assert torch.equal(a[key], b[key]), key
+    assert a["step_cap_reached"] == b["step_cap_reached"]
+    for key in ("dt_min", "dt_max"):
+        torch.testing.assert_close(a["dt"][key], b["dt"][key], rtol=0, atol=0, equal_nan=True)
+    # The sum behind dt_mean is reduced per block of CHECK_EVERY rows instead of per 1024.
+    torch.testing.assert_close(a["dt"]["dt_mean"], b["dt"]["dt_mean"], rtol=1e-14, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("mode, rule", [("adaptive", "plain"), ("adaptive", "symmetric"), ("analytic", "plain")])
+def test_step_blocks_match_the_step_by_step_loop(tmp_path, mode, rule):
+    from aitimestepper.simulate import CHECK_EVERY
+
+    # Three systems with their own end times (one ends early: masked, not synchronised), a step
+    # count that is not a multiple of the block (the rest runs step by step).
+    cfg = sim_config(tmp_path, integrator_mode=mode, step_rule=rule, eta=0.05, dt=2e-3, steps=7 * CHECK_EVERY + 5,
+                     num_orbits=3, e_min=0.2, e_max=0.7)
+    systems = make_systems(cfg, torch.Generator().manual_seed(cfg.seed))
+    t_end = torch.tensor([0.05, 0.4, 10.0], dtype=systems.pos.dtype)
+    a, b, blocks = _run_both_ways(cfg.replace(step_cap=7 * CHECK_EVERY + 5), t_end=t_end, systems=systems)
+    assert blocks > 0
+    _assert_same_run(a, b)
+    assert a["t"][0].item() == pytest.approx(0.05) and a["step_cap_reached"]
+    # And with a fixed number of steps (no end time).
+    a, b, blocks = _run_both_ways(cfg, systems=systems)
+    assert blocks == 6 and int(a["steps"][0]) == 7 * CHECK_EVERY + 5
+    _assert_same_run(a, b)
+
+
+@pytest.mark.parametrize("kind", ["plain", "history"])
+def test_step_blocks_match_with_the_network(tmp_path, checkpoints, kind):
+    cfg = sim_config(tmp_path, integrator_mode="ml" if kind == "plain" else "history", model_path=checkpoints[kind],
+                     steps=100, num_orbits=2)
+    a, b, blocks = _run_both_ways(cfg, checkpoints[kind])
+    assert blocks > 0
+    _assert_same_run(a, b)
+
+
+def test_step_blocks_stop_diverged_systems_on_the_device(tmp_path):
+    """Past the energy-error bound a system is stopped (dt = 0) at the end of the block in which
+    it passed it, as at the step-by-step loop's check; once every system has stopped, the run
+    ends at that block. (Kepler orbits starting at pericentre, e = 0.1 and 0.9 drawn per system:
+    the eccentric one passes 6e-4 within 16 steps, the other between steps 16 and 48.)"""
+    from aitimestepper.simulate import CHECK_EVERY
+
+    cfg = sim_config(tmp_path, integrator_mode="analytic", dt=0.005, steps=200, num_orbits=2, e_min=0.1, e_max=0.9,
+                     energy_error_bound=1e-3)
+    a, b, blocks = _run_both_ways(cfg)
+    _assert_same_run(a, b)
+    assert a["diverged"].tolist() == [True, False] and blocks > 0
+    assert int(a["steps"][0]) == CHECK_EVERY and int(a["steps"][1]) == 200
+    a, b, blocks = _run_both_ways(cfg.replace(energy_error_bound=6e-4))
+    _assert_same_run(a, b)
+    assert a["diverged"].tolist() == [True, True] and 0 < blocks < 4
+    assert int(a["steps"][1]) <= 4 * CHECK_EVERY
+
+
+def test_a_step_count_on_a_check_is_not_stalled(tmp_path):
+    """The last check and the final look at the flags fell on the same step when --steps was a
+    multiple of CHECK_EVERY: the second saw no time pass and called every system stalled."""
+    from aitimestepper.simulate import CHECK_EVERY
+
+    for steps in (CHECK_EVERY, 2 * CHECK_EVERY, 2 * CHECK_EVERY + 1):
+        records = run_json(sim_config(tmp_path, integrator_mode="analytic", dt=1e-3, steps=steps))
+        assert not records[0]["stalled"] and records[0]["steps"] == steps
+
+
+@pytest.mark.parametrize("kind", ["plain", "history"])
+def test_compile_flag_runs_the_policy_through_torch_compile(tmp_path, checkpoints, kind):
+    """--compile (a flag simulate used to parse and ignore): features, tau, network and dt head
+    as one torch.compile'd function; the same run as without it, to round-off, step by step and
+    in blocks."""
+    from aitimestepper.checkpoint import load_checkpoint
+    from aitimestepper.simulate import Simulator, simulation_config
+
+    data = load_checkpoint(checkpoints[kind])
+    cfg = simulation_config(sim_config(tmp_path, integrator_mode="ml" if kind == "plain" else "history",
+                                       model_path=checkpoints[kind], steps=40, num_orbits=2), data)
+    systems = make_systems(cfg, torch.Generator().manual_seed(cfg.seed))
+    plain = Simulator(cfg, data).run(systems, None, None)
+    compiled = Simulator(cfg.replace(compile=True), data)
+    assert compiled.compiled_policy() is not None
+    for mode in ("per-step", "blocks"):
+        compiled.step_blocks = mode
+        out = compiled.run(systems, None, None)
+        torch.testing.assert_close(out["pos"], plain["pos"], rtol=1e-12, atol=1e-14)
+        assert torch.equal(out["steps"], plain["steps"])

@@ -169,7 +169,9 @@ def evaluate(cfg: Config, *, stream: Optional[TextIO] | Literal["stdout"] = "std
     check_outputs(cfg, "evaluate")
     model_path = resolve_checkpoint(cfg.model_path)
     checkpoint = load_checkpoint(model_path, map_location=cfg.device)
-    cfg = simulation_config(cfg, checkpoint).replace(model_path=str(model_path), num_orbits=1)
+    # Dozens of short runs, each its own Simulator: --compile would compile the network anew for
+    # each (and torch.compile stops compiling after a few), costing more than it could save.
+    cfg = simulation_config(cfg, checkpoint).replace(model_path=str(model_path), num_orbits=1, compile=False)
     if cfg.plot is not None:
         from .plotting import require_matplotlib
 

@@ -29,6 +29,7 @@ import torch
 
 from .ops.backends import _core
 from .physics.timescale import dynamical_time
+from .transfer import to_device
 from .ops.custom import _is_plain_eager
 
 STATE_FEATURES = {"scaled": 13, "basic": 11, "rich": 23}
@@ -107,7 +108,7 @@ class History:
         """After an accepted step from the current state: push it (with its incoming dt) and
         remember `dt` [B] as the new current state's incoming dt. `rows` None means every system;
         block/pos/vel/acc/dt are given for all B rows."""
-        index = slice(None) if rows is None else torch.as_tensor(rows, device=self.current_dt.device)
+        index = slice(None) if rows is None else to_device(list(rows), self.current_dt.device)
         if self.K:
             if self.blocks is not None:
                 _shift_in(self.blocks, index, block[index])
@@ -269,14 +270,16 @@ class Featurizer:
         row = torch.cat([head, total, stats.flatten(1), d.amin(-1, keepdim=True), torch.mm(d, c["mean_pairs"])], -1)
         return row * c["inverse_scales"]
 
-    def scaled_block(self, pos: torch.Tensor, vel: torch.Tensor, mass: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
+    def scaled_block(self, pos: torch.Tensor, vel: torch.Tensor, mass: torch.Tensor, acc: torch.Tensor,
+                     tau: Optional[torch.Tensor] = None) -> torch.Tensor:
         """`scaled`: 13 dimensionless features in the state's own units, so that rescaling lengths,
         masses and G leaves them unchanged (and a step dt = tau * g(features) scales as the physics
         does). Units: M the total mass, l the mean pair distance, T = sqrt(l^3 / (G M)), V = l / T,
         A = l / T^2. Columns: min and max m_i / M; min and max d_ij / l; mean and max r_i / l;
         mean and max s_i / V; mean and max alpha_i / A; tau / T (physics.timescale); the virial
         ratio K / |U| (U softened, without the external field; on a Kepler orbit it is
-        1 - d / 2a, the orbit's phase); softening / l."""
+        1 - d / 2a, the orbit's phase); softening / l. `tau` [B]: dynamical_time(pos, acc) when the
+        caller has it already."""
         B, N, D = pos.shape
         c = self._constants(pos, N, D)
         total = torch.mm(mass, c["ones"])  # [B, 1]
@@ -299,7 +302,7 @@ class Featurizer:
             fraction.amin(-1, keepdim=True), fraction.amax(-1, keepdim=True),
             d.amin(-1, keepdim=True) / length, d.amax(-1, keepdim=True) / length,
             torch.stack([q @ c["mean_bodies"], q.amax(-1)], -1).flatten(1),
-            dynamical_time(pos, acc).unsqueeze(-1) / time,
+            (dynamical_time(pos, acc) if tau is None else tau).unsqueeze(-1) / time,
             kinetic / potential,
             self.softening / length,
         ], -1)
@@ -364,6 +367,8 @@ class _BoundReference:
     def __call__(self, history: Optional[History]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         pos, vel, mass, acc = self.buffers
         self.tau = dynamical_time(pos, acc)
+        if self.featurizer.feature_type == "scaled":  # the block reuses tau (GPU tensors take this path)
+            return self.featurizer._with_history(history, self.featurizer.scaled_block(pos, vel, mass, acc, self.tau))
         return self.featurizer.inputs(history, pos, vel, mass, acc)
 
 

@@ -30,6 +30,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, TextIO
@@ -44,7 +45,7 @@ from .guards import check_outputs
 from .initial_conditions import Systems, kepler_period, make_systems
 from .physics.integrators import substep_weights
 from .ops.backends import _core
-from .physics.timescale import bind_dynamical_time
+from .physics.timescale import bind_dynamical_time, dynamical_time
 
 # System settings a checkpoint supplies unless the user gives them explicitly.
 INHERITED_FROM_CHECKPOINT = ("num_particles", "dim", "mass", "G", "softening", "integrator", "external_field_mass",
@@ -123,7 +124,8 @@ class SymmetricSteps:
             return h
         inverse = f.reciprocal()
         rho = torch.add(inverse, inverse - self.rho)  # 2/f - 1/h_prev
-        self.rho = torch.clamp(rho, min=0.5 * inverse, max=2 * inverse)
+        # In place: a captured CUDA graph (_GraphedSteps) reads and writes this very buffer.
+        torch.clamp(rho, min=0.5 * inverse, max=2 * inverse, out=self.rho)
         return self.rho.reciprocal()
 
 
@@ -153,6 +155,46 @@ class Simulator:
         if rule == "auto":
             rule = "symmetric" if cfg.integrator_mode in ("ml", "history") else "plain"
         self.step_rule = rule if cfg.integrator_mode != "analytic" else "plain"
+        # How the loop runs its steps: "auto" runs blocks of CHECK_EVERY steps as captured CUDA
+        # graphs on CUDA (without a recording) and step by step elsewhere; "per-step" always step
+        # by step; "blocks" in blocks without capture on any device (the graph's logic, testable
+        # on the CPU). All three give the same results.
+        self.step_blocks = "auto"
+        self.blocks_run = 0  # blocks of CHECK_EVERY steps the last run took as a unit
+        self.graph_replays = 0  # of which replays of a captured CUDA graph
+
+    def compiled_policy(self):
+        """With --compile (learned modes, state-block features): the step policy's pure-PyTorch
+        part, features -> tau -> network -> dt, as one torch.compile'd function of the state
+        buffers and the history's feature blocks (None without history), returning (block, tau,
+        f). On a GPU inductor fuses its ~60 small kernels into a few; the CUDA graph captures
+        the compiled kernels like any other. Built once per Simulator (compiled on first call,
+        per shape). None without --compile; delta_mag features are not compiled (a warning)."""
+        if not self.cfg.compile or self.featurizer is None:
+            return None
+        if getattr(self, "_policy", None) is None:
+            featurizer, model = self.featurizer, self.model
+            if featurizer.feature_type == "delta_mag":
+                warnings.warn("--compile: delta_mag features run uncompiled in simulation", stacklevel=2)
+                return None
+
+            def policy(pos, vel, mass, acc, past):
+                tau = dynamical_time(pos, acc)
+                if featurizer.feature_type == "scaled":
+                    block = featurizer.scaled_block(pos, vel, mass, acc, tau)
+                else:
+                    block = featurizer.state_block_reference(pos, vel, mass, acc)
+                x = block if past is None else torch.cat([past.flatten(1), block], -1)
+                if model.embedding is not None:
+                    x = model(x)
+                else:  # the network as plain functions (the compiled CPU MLP cannot be traced)
+                    for function, *arguments in model._plan():
+                        x = function(x, *arguments)
+                return block, tau, model.dt_from_output(x, tau)
+
+            model._plan()  # built eagerly, as the feature constants (_Loop)
+            self._policy = torch.compile(policy, fullgraph=True, dynamic=False)
+        return self._policy
 
     # ------------------------------------------------------------------
     def run(self, systems: Systems, t_end: Optional[torch.Tensor], recording: Optional[Recording]) -> dict[str, Any]:
@@ -171,51 +213,40 @@ class Simulator:
         A system stops moving (dt = 0 from then on) when it reaches its end time, when its energy
         error passes --energy-error-bound or turns non-finite (diverged), or when its step can no
         longer advance its time in the working precision (stalled). The host looks at the flags
-        every CHECK_EVERY steps, so there is no per-step sync."""
+        every CHECK_EVERY steps, so there is no per-step sync. On CUDA (without a recording) the
+        steps between two looks run as one captured CUDA graph (_GraphedSteps)."""
         cfg = self.cfg
-        B = systems.pos.shape[0]
-        # The state lives in buffers the loop owns and advances in place (contiguous copies).
-        pos = systems.pos.clone(memory_format=torch.contiguous_format)
-        vel = systems.vel.clone(memory_format=torch.contiguous_format)
-        mass = systems.mass
         started = time.perf_counter()
-        acc = ops.acceleration(pos, mass, **self.physics).contiguous()
-        energy0 = ops.total_energy(pos, vel, mass, **self.physics)
-        t = torch.zeros_like(mass[:, 0])
-        deviation_max = torch.zeros_like(t)  # max |E - E0| so far
-        flags = _StopFlags(B, t, cfg.energy_error_bound, energy0, t_end)
-        stats = _DtStats(B, pos.dtype, pos.device)
-        history = None
-        warmup_steps = 0
-        if self.featurizer is not None and self.featurizer.K:
-            history = self.featurizer.new_history(B, *pos.shape[1:], pos.dtype, pos.device)
-            warmup_steps = self.featurizer.K  # the window is filled from real states first
-        rule = SymmetricSteps() if self.step_rule == "symmetric" else None
+        on_cuda = systems.pos.device.type == "cuda"
+        blocked = recording is None and (self.step_blocks == "blocks" or (self.step_blocks == "auto" and on_cuda))
+        # A block of CHECK_EVERY steps ends in a flush of the dt log (a graph replays whole blocks).
+        loop = _Loop(self, systems, t_end, chunk=CHECK_EVERY if blocked else CHUNK)
         limit = min(cfg.steps if t_end is None else cfg.step_cap, cfg.step_cap)
+        first_block = max(1, loop.warmup_steps)  # the rule's first step and the warmup run eagerly
+        block = _StepBlock(loop, CHECK_EVERY) if blocked else None
+        if block is not None and on_cuda and self.step_blocks == "auto":
+            block = _GraphedSteps(block)
+        self.blocks_run = 0
         taken = 0
-        # Checked once here, then one call per step (one compiled call on the cpu backend).
-        advance = ops.bind_carried_step(pos, vel, acc, mass, integrator=cfg.integrator, **self.physics)
-        features = self.featurizer.bind(pos, vel, mass, acc) if self.featurizer is not None else None
-        self._tau = bind_dynamical_time(pos, vel, mass, acc, cfg.G, cfg.softening) if features is None else None
-        self._model_dt = self.model.bind_dt(B, pos.dtype, pos.device) if self.model is not None else None
         while taken < limit:
-            f = self._dt(pos, mass, acc, features, history, warming=taken < warmup_steps)
-            h = rule(f) if rule is not None else f
-            dt = h if t_end is None else torch.minimum(h, (t_end - t).clamp_min(0))
-            if flags.any_stopped:
-                dt = torch.where(flags.stopped, 0.0, dt)
-            dt = stats.log(dt, shortened=None if t_end is None else dt < h)  # non-finite dt becomes 0
-            if history is not None:
-                history.push(None, self._block, pos, vel, acc, dt)
-            advance(dt)  # pos, vel, acc in place
-            t = t + dt
-            deviation_max = torch.maximum(deviation_max, (ops.total_energy(pos, vel, mass, **self.physics) - energy0).abs())
+            if block is not None and taken >= first_block and taken % CHECK_EVERY == 0 \
+                    and limit - taken >= CHECK_EVERY:
+                still_moving = block()  # CHECK_EVERY steps and the flag refresh, on the device
+                taken += CHECK_EVERY
+                self.blocks_run += 1
+                if not bool(still_moving):  # the one host sync per block
+                    break
+                continue
+            loop.step(warming=taken < loop.warmup_steps)
             taken += 1
             if recording is not None and taken % recording.stride == 0:
-                self._record(recording, t, pos, vel, mass, dt)
-            if taken % CHECK_EVERY == 0 and not flags.update(t, h, deviation_max):
+                self._record(recording, loop.t, loop.pos, loop.vel, loop.mass, loop.dt)
+            if taken % CHECK_EVERY == 0 and not loop.flags.update(loop.t, loop.h, loop.deviation_max):
                 break  # every system finished or stopped
-        flags.update(t, h if taken else None, deviation_max)
+        self.graph_replays = block.replays if isinstance(block, _GraphedSteps) else 0
+        t, flags, stats = loop.t, loop.flags, loop.stats
+        if taken % CHECK_EVERY or not taken:  # (a second look right after one would see every time frozen)
+            flags.update(t, loop.h if taken else None, loop.deviation_max)
         error_max, diverged, stalled = flags.error_max, flags.diverged, flags.stalled
         dt_summary = stats.finish()
         if t_end is None:
@@ -223,22 +254,9 @@ class Simulator:
         else:
             cap_reached = taken >= cfg.step_cap and bool((t < t_end).any())
         wall = time.perf_counter() - started
-        return {"pos": pos, "vel": vel, "t": t, "steps": stats.steps, "dt": dt_summary,
+        return {"pos": loop.pos, "vel": loop.vel, "t": t, "steps": stats.steps, "dt": dt_summary,
                 "evaluations": 1 + len(self.weights) * stats.steps, "energy_error_max": error_max,
                 "diverged": diverged, "stalled": stalled, "wall_time_s": wall, "step_cap_reached": cap_reached}
-
-    def _dt(self, pos, mass, acc, features, history, warming: bool) -> torch.Tensor:
-        """f(s) [B], the step the policy asks for at this state; features(history) gives the
-        network input of the current state (computed during warmup too: it fills the window)."""
-        mode = self.cfg.integrator_mode
-        if mode == "analytic":
-            return torch.full_like(mass[:, 0], self.cfg.dt)
-        if mode == "adaptive":
-            return self.cfg.eta * self._tau()
-        inputs, self._block = features(history)
-        if warming:
-            return self.warmup_eta * features.tau
-        return self._model_dt(inputs, features.tau)
 
     def _record(self, recording: Recording, t, pos, vel, mass, dt) -> None:
         with ops.unchecked():
@@ -256,10 +274,136 @@ class Simulator:
                       step_dt)
 
 
+class _Loop:
+    """The stepping loop's state and one step of it. The state lives in buffers that every step
+    updates in place (pos, vel, acc, t, the energy-error maximum, the step rule's recurrence, the
+    stop flags, the dt log), so the same step can be captured once as a CUDA graph and replayed."""
+
+    def __init__(self, simulator: "Simulator", systems: Systems, t_end: Optional[torch.Tensor], chunk: int) -> None:
+        cfg, physics = simulator.cfg, simulator.physics
+        B = systems.pos.shape[0]
+        self.cfg, self.physics, self.t_end = cfg, physics, t_end
+        self.model, self.warmup_eta = simulator.model, simulator.warmup_eta
+        # Contiguous copies the loop owns and advances in place.
+        self.pos = pos = systems.pos.clone(memory_format=torch.contiguous_format)
+        self.vel = vel = systems.vel.clone(memory_format=torch.contiguous_format)
+        self.mass = mass = systems.mass
+        self.acc = acc = ops.acceleration(pos, mass, **physics).contiguous()
+        self.energy0 = ops.total_energy(pos, vel, mass, **physics)
+        self.t = torch.zeros_like(mass[:, 0])
+        self.deviation_max = torch.zeros_like(self.t)  # max |E - E0| so far
+        self.flags = _StopFlags(B, self.t, cfg.energy_error_bound, self.energy0, t_end)
+        self.stats = _DtStats(B, pos.dtype, pos.device, chunk)
+        self.history = None
+        self.warmup_steps = 0
+        featurizer = simulator.featurizer
+        if featurizer is not None and featurizer.K:
+            self.history = featurizer.new_history(B, *pos.shape[1:], pos.dtype, pos.device)
+            self.warmup_steps = featurizer.K  # the window is filled from real states first
+        self.rule = SymmetricSteps() if simulator.step_rule == "symmetric" else None
+        self.mask = False  # dt = 0 for stopped systems at every step (else only once one has stopped)
+        self.h = self.dt = self._block = None
+        # Checked once here, then one call per step (one compiled call on the cpu backend).
+        self.advance = ops.bind_carried_step(pos, vel, acc, mass, integrator=cfg.integrator, **physics)
+        self.features = featurizer.bind(pos, vel, mass, acc) if featurizer is not None else None
+        self.tau = bind_dynamical_time(pos, vel, mass, acc, cfg.G, cfg.softening) if self.features is None else None
+        self.model_dt = self.model.bind_dt(B, pos.dtype, pos.device) if self.model is not None else None
+        self.policy = simulator.compiled_policy() if self.features is not None else None
+        if self.policy is not None:
+            featurizer._constants(pos, *pos.shape[1:])  # built eagerly: the traced function only reads them
+
+    def step(self, warming: bool = False) -> None:
+        """One step of every system; self.h and self.dt hold its h (the rule's step) and dt."""
+        t, t_end = self.t, self.t_end
+        f = self._f(warming)
+        h = self.rule(f) if self.rule is not None else f
+        dt = h if t_end is None else torch.minimum(h, (t_end - t).clamp_min(0))
+        if self.mask or self.flags.any_stopped:
+            dt = torch.where(self.flags.stopped, 0.0, dt)
+        dt = self.stats.log(dt, shortened=None if t_end is None else dt < h)  # non-finite dt becomes 0
+        if self.history is not None:
+            self.history.push(None, self._block, self.pos, self.vel, self.acc, dt)
+        self.advance(dt)  # pos, vel, acc in place
+        t.add_(dt)
+        energy = ops.total_energy(self.pos, self.vel, self.mass, **self.physics)
+        torch.maximum(self.deviation_max, (energy - self.energy0).abs(), out=self.deviation_max)
+        self.h, self.dt = h, dt
+
+    def _f(self, warming: bool) -> torch.Tensor:
+        """f(s) [B], the step the policy asks for at this state; features(history) gives the
+        network input of the current state (computed during warmup too: it fills the window)."""
+        mode = self.cfg.integrator_mode
+        if mode == "analytic":
+            return torch.full_like(self.t, self.cfg.dt)
+        if mode == "adaptive":
+            return self.cfg.eta * self.tau()
+        if self.policy is not None:  # --compile: features, tau, network and dt head as one compiled function
+            past = self.history.blocks if self.history is not None else None
+            self._block, tau, f = self.policy(self.pos, self.vel, self.mass, self.acc, past)
+            return self.warmup_eta * tau if warming else f
+        inputs, self._block = self.features(self.history)
+        if warming:
+            return self.warmup_eta * self.features.tau
+        return self.model_dt(inputs, self.features.tau)
+
+
+class _StepBlock:
+    """`steps` steps of the loop and the refresh of its stop flags, with no host sync: stopped
+    and finished systems are masked (dt = 0) on the device instead. Returns a bool tensor []:
+    whether any system is still moving (the caller's one sync per block). Runs eagerly on any
+    device; on CUDA _GraphedSteps captures it."""
+
+    def __init__(self, loop: _Loop, steps: int) -> None:
+        self.loop, self.steps = loop, steps
+
+    def __call__(self) -> torch.Tensor:
+        loop = self.loop
+        if loop.stats.pending:
+            raise RuntimeError("a step block must start with an empty dt log (after a flush)")
+        loop.mask = True  # from now on, eager steps too (the host no longer tracks any_stopped)
+        for _ in range(self.steps):
+            loop.step()
+        return loop.flags.refresh(loop.t, loop.h, loop.deviation_max)[1]
+
+
+class _GraphedSteps:
+    """A _StepBlock captured once as a CUDA graph and replayed: its few hundred kernels go to
+    the GPU in one launch. Every tensor the block reads from one replay to the next is a buffer
+    it updates in place (see _Loop), so replays continue the run; what the host tracks (the dt
+    log's row counter) returns to where it was at the end of each block. The first call runs
+    the block eagerly on a side stream (torch's warm-up rule for capture: every kernel, cuBLAS
+    handle and cached constant of the block exists before the capture); the second captures
+    it, and every call replays it."""
+
+    def __init__(self, block: _StepBlock) -> None:
+        self.block = block
+        self.graph: Optional[torch.cuda.CUDAGraph] = None
+        self.still_moving: Optional[torch.Tensor] = None
+        self.replays = 0
+
+    def __call__(self) -> torch.Tensor:
+        if self.still_moving is None:  # warm-up: a real block, eagerly, on a side stream
+            side, main = torch.cuda.Stream(), torch.cuda.current_stream()
+            side.wait_stream(main)
+            with torch.cuda.stream(side):
+                self.still_moving = self.block()
+            main.wait_stream(side)
+            return self.still_moving
+        if self.graph is None:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.still_moving = self.block()
+            self.graph = graph
+        self.graph.replay()
+        self.replays += 1
+        return self.still_moving
+
+
 class _StopFlags:
     """Which systems have stopped, decided every CHECK_EVERY steps (one host sync then): diverged
     (|dE/E0| so far past the bound, or not finite) and stalled (unfinished, yet its time did not
-    move over the last check's steps, or its step was not positive). Stopped systems take dt = 0."""
+    move over the last check's steps, or its step was not positive). Stopped systems take dt = 0.
+    The flags are buffers refreshed in place (a CUDA graph refreshes them without the host)."""
 
     def __init__(self, B: int, t: torch.Tensor, bound: float, energy0: torch.Tensor, t_end) -> None:
         self.bound, self.energy0, self.t_end = bound, energy0, t_end
@@ -270,40 +414,50 @@ class _StopFlags:
         self.error_max = torch.zeros_like(t)
         self.t_checked = t.clone()
 
-    def update(self, t: torch.Tensor, h, deviation_max: torch.Tensor) -> bool:
-        """Refresh the flags; False once no system is still moving."""
-        self.error_max = torch.nan_to_num(deviation_max / self.energy0.abs(), nan=math.inf)
+    def refresh(self, t: torch.Tensor, h, deviation_max: torch.Tensor) -> torch.Tensor:
+        """Refresh the flags on the device; returns a bool tensor [2]: any system stopped, any
+        system still moving."""
+        torch.nan_to_num(deviation_max / self.energy0.abs(), nan=math.inf, out=self.error_max)
         self.diverged |= self.error_max > self.bound
         unfinished = ~self.stopped if self.t_end is None else ~self.stopped & (t < self.t_end)
         frozen = t == self.t_checked
         if h is not None:
             frozen |= ~(h > 0)
         self.stalled |= unfinished & ~self.diverged & frozen
-        self.stopped = self.diverged | self.stalled
-        self.t_checked = t.clone()
+        torch.bitwise_or(self.diverged, self.stalled, out=self.stopped)
+        self.t_checked.copy_(t)
         moving = ~self.stopped if self.t_end is None else ~self.stopped & (t < self.t_end)
-        self.any_stopped, still_moving = torch.stack([self.stopped.any(), moving.any()]).tolist()
+        return torch.stack([self.stopped.any(), moving.any()])
+
+    def update(self, t: torch.Tensor, h, deviation_max: torch.Tensor) -> bool:
+        """Refresh the flags; False once no system is still moving (one host sync)."""
+        self.any_stopped, still_moving = self.refresh(t, h, deviation_max).tolist()
         return still_moving
 
 
 class _DtStats:
     """Steps taken and sum, min and max of dt per system, kept on the device: each step's dt is
-    written into a preallocated [CHUNK, B] log, reduced once per chunk (no per-step syncs). The
+    written into a preallocated [chunk, B] log, reduced once per chunk (no per-step syncs). The
     minimum leaves out steps cut short by the end time (they say nothing about the policy)."""
 
-    def __init__(self, B: int, dtype, device) -> None:
+    def __init__(self, B: int, dtype, device, chunk: int = CHUNK) -> None:
         self.total = torch.zeros(B, dtype=dtype, device=device)
         self.low = torch.full((B,), math.inf, dtype=dtype, device=device)
         self.low_any = torch.full((B,), math.inf, dtype=dtype, device=device)
         self.high = torch.zeros(B, dtype=dtype, device=device)
         self.steps = torch.zeros(B, dtype=torch.long, device=device)
-        self._log = torch.empty(CHUNK, B, dtype=dtype, device=device)  # rows are read only once written
-        self._shortened = torch.empty(CHUNK, B, dtype=torch.bool, device=device)
+        self._log = torch.empty(chunk, B, dtype=dtype, device=device)  # rows are read only once written
+        self._shortened = torch.empty(chunk, B, dtype=torch.bool, device=device)
         self._used = 0
+
+    @property
+    def pending(self) -> int:
+        """Rows logged since the last flush."""
+        return self._used
 
     def log(self, dt: torch.Tensor, shortened: Optional[torch.Tensor]) -> torch.Tensor:
         """Log one step's dt [B] with non-finite values set to 0 and return it (the logged row
-        itself, one call: valid until CHUNK more steps are logged). `shortened` marks the steps
+        itself, one call: valid until `chunk` more steps are logged). `shortened` marks the steps
         cut at the end time (None: none were)."""
         row = torch.nan_to_num(dt, nan=0.0, posinf=0.0, neginf=0.0, out=self._log[self._used])
         if shortened is None:
@@ -311,7 +465,7 @@ class _DtStats:
         else:
             self._shortened[self._used] = shortened
         self._used += 1
-        if self._used == CHUNK:
+        if self._used == self._log.shape[0]:
             self.flush()
         return row
 
@@ -322,10 +476,10 @@ class _DtStats:
         moving = block > 0
         self.total += block.sum(0)
         self.steps += moving.sum(0)
-        self.low_any = torch.minimum(self.low_any, torch.where(moving, block, math.inf).amin(0))
+        torch.minimum(self.low_any, torch.where(moving, block, math.inf).amin(0), out=self.low_any)
         full = moving & ~self._shortened[: self._used]
-        self.low = torch.minimum(self.low, torch.where(full, block, math.inf).amin(0))
-        self.high = torch.maximum(self.high, block.amax(0))
+        torch.minimum(self.low, torch.where(full, block, math.inf).amin(0), out=self.low)
+        torch.maximum(self.high, block.amax(0), out=self.high)
         self._used = 0
 
     def finish(self) -> dict[str, torch.Tensor]:
@@ -388,24 +542,28 @@ def results_json(cfg: Config, systems: Systems, out: dict[str, Any], first: int 
     momentum_residual = (P1 - P0).norm(dim=-1) / momentum_scale
     angular_residual = _norm_of(L1 - L0) / angular_scale
     finite_state = torch.isfinite(out["pos"]).flatten(1).all(-1) & torch.isfinite(out["vel"]).flatten(1).all(-1)
+    # Every column to Python values in one transfer each (per-value .item() calls on a GPU would
+    # be a host sync each: millions for a large ensemble).
+    tensors = {"steps": out["steps"], "t_final": out["t"], "energy_initial": E0, "energy_final": E1,
+               "energy_residual": (E1 - E0) / E0, "momentum_initial": P0, "momentum_final": P1,
+               "momentum_residual": momentum_residual, "angular_momentum_initial": L0,
+               "angular_momentum_final": L1, "angular_momentum_residual": angular_residual,
+               "dt_mean": out["dt"]["dt_mean"], "dt_min": out["dt"]["dt_min"], "dt_max": out["dt"]["dt_max"],
+               "energy_error_max": out["energy_error_max"], "force_evaluations": out["evaluations"],
+               "stalled": out["stalled"], "diverged": out["diverged"], "finite_state": finite_state}
+    columns = {key: value.tolist() for key, value in tensors.items()}
     records = []
     for b in range(systems.pos.shape[0]):
-        record = {
-            "system": first + b, "mode": cfg.integrator_mode, "integrator": cfg.integrator,
-            "steps": int(out["steps"][b]), "t_final": out["t"][b].item(),
-            "energy_initial": E0[b].item(), "energy_final": E1[b].item(),
-            "energy_residual": ((E1[b] - E0[b]) / E0[b]).item(),
-            "momentum_initial": P0[b].tolist(), "momentum_final": P1[b].tolist(),
-            "momentum_residual": momentum_residual[b].item(),
-            "angular_momentum_initial": L0[b].tolist(), "angular_momentum_final": L1[b].tolist(),
-            "angular_momentum_residual": angular_residual[b].item(),
-            "dt_mean": out["dt"]["dt_mean"][b].item(), "dt_min": out["dt"]["dt_min"][b].item(),
-            "dt_max": out["dt"]["dt_max"][b].item(),
-            "energy_error_max": out["energy_error_max"][b].item(),
-            "force_evaluations": int(out["evaluations"][b]), "wall_time_s": out["wall_time_s"],
-            "step_cap_reached": out["step_cap_reached"], "stalled": bool(out["stalled"][b]),
-        }
-        diverged = bool(out["diverged"][b]) or not bool(finite_state[b]) or not all(
+        record = {"system": first + b, "mode": cfg.integrator_mode, "integrator": cfg.integrator}
+        for key in ("steps", "t_final", "energy_initial", "energy_final", "energy_residual", "momentum_initial",
+                    "momentum_final", "momentum_residual", "angular_momentum_initial", "angular_momentum_final",
+                    "angular_momentum_residual", "dt_mean", "dt_min", "dt_max", "energy_error_max",
+                    "force_evaluations"):
+            record[key] = columns[key][b]
+        record["steps"], record["force_evaluations"] = int(record["steps"]), int(record["force_evaluations"])
+        record.update({"wall_time_s": out["wall_time_s"], "step_cap_reached": out["step_cap_reached"],
+                       "stalled": bool(columns["stalled"][b])})
+        diverged = bool(columns["diverged"][b]) or not columns["finite_state"][b] or not all(
             _finite(record[key]) for key in ("energy_final", "energy_residual", "momentum_final",
                                              "angular_momentum_final", "t_final"))
         record = {key: _strict(value) for key, value in record.items()}

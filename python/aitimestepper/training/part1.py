@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import ops
+from ..transfer import to_device
 from . import stops
 from .replay import Samples
 from .state import Attempt, Trainer
@@ -153,7 +154,7 @@ def judge(trainer: Trainer, stop: bool = False) -> tuple[Attempt, Verdict]:
             return gate, Verdict(r_host, dt_host, [m > 0 for m in moved_host], warm, stop)
         flags = torch.zeros_like(moved)
         flags[0] = float(stop)
-        rows = torch.stack([gate.r, gate.dt, moved, torch.tensor(warm, dtype=moved.dtype, device=moved.device), flags])
+        rows = torch.stack([gate.r, gate.dt, moved, to_device(warm, moved.device, moved.dtype), flags])
         r_host, dt_host, moved_host, warm_host, stop_host = trainer.share(rows).tolist()
     return gate, Verdict(r_host, dt_host, [m > 0 for m in moved_host], [w > 0 for w in warm_host], sum(stop_host) > 0)
 
@@ -170,7 +171,7 @@ def warming(trainer: Trainer):
     history = trainer.orbits.history
     if not history.K or all(history.warm(b) for b in range(trainer.orbits.count)):
         return None
-    return torch.tensor([not history.warm(b) for b in range(trainer.orbits.count)], device=trainer.orbits.pos.device)
+    return to_device([not history.warm(b) for b in range(trainer.orbits.count)], trainer.orbits.pos.device)
 
 
 def retrain(trainer: Trainer, gate: Attempt, trained: list[int]) -> None:
@@ -185,7 +186,7 @@ def retrain(trainer: Trainer, gate: Attempt, trained: list[int]) -> None:
     if len(local) == o.count:  # every orbit held here: the tensors themselves, no indexing ops
         pick = lambda t: t  # noqa: E731
     else:
-        index = torch.tensor(local, device=o.pos.device)
+        index = to_device(local, o.pos.device)
         pick = lambda t: t[index]  # noqa: E731
     if trainer.gate_gives_gradient:
         r = pick(gate.r)
@@ -213,7 +214,7 @@ def _halve_until_pass(trainer: Trainer, gate: Attempt, capped: list[int],
         for count in range(1, MAX_HALVINGS + 1):
             if not pending:
                 break
-            index = torch.tensor(pending, device=dt.device)
+            index = to_device(pending, dt.device)
             dt[index] = dt[index] / 2
             halvings[index] = count
             trial = trainer.advance(o.pos, o.vel, o.mass, o.energy, dt)
@@ -223,7 +224,7 @@ def _halve_until_pass(trainer: Trainer, gate: Attempt, capped: list[int],
             froze = [b for b, move in zip(pending, moved) if not move]
             for rows, value in ((done, None), (froze, _FROZE)):
                 if rows:
-                    rows_t = torch.tensor(rows, device=dt.device)
+                    rows_t = to_device(rows, dt.device)
                     if value is None:
                         for name in ("dt", "r", "pos", "vel", "energy"):
                             getattr(merged, name)[rows_t] = getattr(trial, name)[rows_t]
@@ -232,7 +233,7 @@ def _halve_until_pass(trainer: Trainer, gate: Attempt, capped: list[int],
                         merged.dt[rows_t] = dt[rows_t]
             pending = [b for b in pending if b not in done and b not in froze]
         if pending:
-            rows_t = torch.tensor(pending, device=dt.device)
+            rows_t = to_device(pending, dt.device)
             outcome[rows_t] = _NEVER_PASSED
             merged.dt[rows_t], merged.r[rows_t] = dt[rows_t], trial.r[rows_t]
         shared = trainer.share(torch.stack([merged.r, merged.dt, outcome, halvings])).tolist()
@@ -254,12 +255,12 @@ def _accept(trainer: Trainer, gate: Attempt, rows: list[int], warm: list[bool], 
     local = trainer.held(rows)
     keep = [b for b in rows if warm[b]]  # warmup: windows with padding are not kept
     if keep:
-        k = torch.tensor(trainer.held(keep), dtype=torch.long, device=o.pos.device)
+        k = to_device(trainer.held(keep), o.pos.device, torch.long)
         trainer.replay.append(Samples(o.inputs[k], o.tau[k], o.pos[k], o.vel[k], o.mass[k], o.energy[k],
                                       gate.dt[k]), keep)
     if local:
         everyone = len(local) == o.count
-        index = slice(None) if everyone else torch.tensor(local, device=o.pos.device)
+        index = slice(None) if everyone else to_device(local, o.pos.device)
         o.history.push(None if everyone else local, o.block, o.pos, o.vel, o.acc, gate.dt)
         o.pos[index] = gate.pos[index]
         o.vel[index] = gate.vel[index]

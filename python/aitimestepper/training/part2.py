@@ -17,6 +17,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from ..transfer import to_device
 from . import stops
 from .losses import band_loss
 from .replay import Samples
@@ -57,7 +58,7 @@ def replay(trainer: Trainer) -> Part2Result:
     batch = min(cfg.replay_batch_size, size)
     device = trainer.orbits.pos.device
     for _ in range(cfg.replay_steps):
-        index = torch.randperm(size, generator=trainer.sampler)[:batch].to(device)
+        index = to_device(torch.randperm(size, generator=trainer.sampler)[:batch], device)  # no host sync
         outcome = iteration(trainer, trainer.replay.take(index), batch,
                             stop=stops.stop_requested() is not None or stops.deadline_passed())
         if outcome.stopped:
@@ -85,7 +86,7 @@ def iteration(trainer: Trainer, samples: Samples, batch: Optional[int] = None, s
     r = gate.r.detach() if gate is not None else samples.energy  # (empty)
     failing = r >= cfg.energy_threshold
     totals = torch.stack([failing.sum().to(r.dtype), band_loss(r, cfg.E_lower, cfg.E_upper).sum(),
-                          torch.tensor(float(stop), dtype=r.dtype, device=r.device)])
+                          to_device(float(stop), r.device, r.dtype)])
     fail_count, loss_sum, stopping = trainer.group.all_sum(totals).tolist()
     fail_count = int(fail_count)
     if stopping:
