@@ -1,4 +1,6 @@
 """Checkpoints: keys, weights_only loading, atomic writes, errors, bitwise resume."""
+import math
+
 import pytest
 import torch
 
@@ -21,6 +23,20 @@ def test_keys_and_weights_only_load(tmp_path):
     model, featurizer = restore_model(data, "cpu")
     assert featurizer.K == 1 and featurizer.scales.L0 == data["normalization"]["L0"]
     assert not model.training
+
+
+def test_bounded_factor_is_saved_and_older_checkpoints_read_as_unbounded(tmp_path):
+    cfg = tiny_config(tmp_path, dt_factor_range=1.5)
+    data = torch.load(run_training(cfg, progress=False).checkpoint, weights_only=True)
+    assert data["architecture"]["dt_factor_range"] == 1.5 and data["config"]["dt_factor_range"] == 1.5
+    model, _ = restore_model(data, "cpu")
+    assert model.log_range == pytest.approx(math.log(1.5))
+    # A checkpoint written before the setting existed has neither key: the factor was unbounded.
+    del data["architecture"]["dt_factor_range"], data["config"]["dt_factor_range"]
+    older = tmp_path / "older.pt"
+    torch.save(data, older)
+    model, _ = restore_model(load_checkpoint(older), "cpu")
+    assert model.log_range is None
 
 
 def test_save_is_atomic_and_checked(tmp_path):

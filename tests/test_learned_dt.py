@@ -103,6 +103,32 @@ def test_fresh_scale_aware_network_is_the_eta_criterion():
     torch.testing.assert_close(dt, eta_criterion(pos, acc, 0.03), rtol=1e-14, atol=0)
 
 
+def test_bounded_factor_stays_in_its_range():
+    """With --dt-factor-range R the step stays within a factor R of the eta criterion whatever the
+    network outputs, a fresh network is still the eta criterion, and the bound is smooth (the
+    gradient reaches the network from inside the range)."""
+    featurizer = Featurizer("scaled", 0, Scales())
+    model = FullyConnectedNN(featurizer.input_dim, [8], dropout=0.0, eta_init=0.03, dt_factor_range=2.0).to(DTYPE)
+    pos, vel, mass = _three_bodies(1)
+    acc = ops.acceleration(pos, mass, backend=BACKEND)
+    inputs, tau, classical = featurizer.state_block(pos, vel, mass, acc), dynamical_time(pos, acc), eta_criterion(pos, acc, 0.03)
+    with torch.no_grad():
+        torch.testing.assert_close(model.dt(inputs, tau), classical, rtol=1e-14, atol=0)
+        last = model.net[-2]
+        for bias in (-800.0, -30.0, -1.0, 0.5, 3.0, 30.0, 1e4):  # outputs far outside any sensible range
+            last.bias[0] = bias
+            ratio = model.dt(inputs, tau) / classical
+            assert bool(((ratio >= 0.5 * (1 - 1e-12)) & (ratio <= 2.0 * (1 + 1e-12))).all()), (bias, ratio)
+        last.bias[0] = 0.3
+    ratio = model.dt_from_output(model(inputs), tau) / classical
+    ratio.sum().backward()
+    assert float(last.bias.grad[0]) > 0
+    with pytest.raises(ValueError, match="dt_factor_range must be a finite number > 1"):
+        FullyConnectedNN(featurizer.input_dim, [8], dt_factor_range=1.0)
+    with pytest.raises(ConfigError, match="dt_factor_range must be a finite number > 1"):
+        build_config("train", None, {"dt_factor_range": 0.5})
+
+
 def test_symmetric_step_rule_retraces_its_steps():
     pos, vel, mass = _three_bodies(2)
     pos, vel, mass = pos[:1], vel[:1], mass[:1]
@@ -256,10 +282,12 @@ def test_inference_forward_matches_the_module(dtype, activation):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("dt_param", ["scale-aware", "absolute"])
+@pytest.mark.parametrize("dt_param", ["scale-aware", "absolute", "scale-aware, bounded"])
 def test_compiled_step_head_matches_dt_from_output(dtype, dt_param):
     torch.manual_seed(1)
-    model = FullyConnectedNN(13, [16], dropout=0.0, dt_param=dt_param, dt_max=0.05).to(dtype).eval()
+    factor_range = 2.0 if dt_param.endswith("bounded") else None
+    model = FullyConnectedNN(13, [16], dropout=0.0, dt_param=dt_param.split(",")[0], dt_max=0.05,
+                             dt_factor_range=factor_range).to(dtype).eval()
     with torch.no_grad():
         model.net[-2].weight.normal_()
     x, tau = torch.randn(4, 13, dtype=dtype), torch.rand(4, dtype=dtype) + 0.5

@@ -32,13 +32,15 @@ REQUIRED_KEYS = ("format_version", "epoch", "next_epoch", "model_state_dict", "o
 # ICs it was trained on): a resumed run keeps them, and the saved config must record them.
 FIXED_ON_RESUME = ("num_particles", "dim", "dtype", "history_len", "feature_type", "normalize_inputs", "norm_mode",
                    "norm_L0", "norm_V0", "norm_A0", "norm_T0", "hidden_dims", "activation", "dropout",
-                   "fourier_scale", "fourier_dim", "dt_param", "eta_init", "dt_min", "dt_max", "mass", "G",
+                   "fourier_scale", "fourier_dim", "dt_param", "eta_init", "dt_min", "dt_max", "dt_factor_range", "mass", "G",
                    "softening", "external_field_mass", "external_field_position", "ic", "ic_path", "num_orbits", "seed",
                    "e_min", "e_max", "a_min", "a_max", "pos_scale", "vel_scale")
 # Saved settings that training or simulation read back.
 CONFIG_KEYS = FIXED_ON_RESUME + ("integrator",)
 ARCHITECTURE_SETTINGS = ("hidden_dims", "activation", "dropout", "fourier_scale", "fourier_dim", "dt_param",
-                         "eta_init", "dt_min", "dt_max")
+                         "eta_init", "dt_min", "dt_max", "dt_factor_range")
+# Settings added after format 2 was written: a checkpoint without them had the default.
+LATER_SETTINGS = {"dt_factor_range": None}
 
 
 def checkpoint_path(run_dir: str | Path, epoch: int) -> Path:
@@ -142,7 +144,7 @@ def validate_checkpoint(data: Any, path: str | Path = "checkpoint") -> None:
 
     # The saved settings: complete, valid and in agreement with the rest of the file.
     config = data["config"]
-    missing = [key for key in CONFIG_KEYS if key not in config]
+    missing = [key for key in CONFIG_KEYS if key not in config and key not in LATER_SETTINGS]
     if missing:
         fail(f"config lacks {missing}")
     try:  # the device it was trained on need not exist here
@@ -154,9 +156,9 @@ def validate_checkpoint(data: Any, path: str | Path = "checkpoint") -> None:
             fail(f"{key} is {data[key]!r} but its config says {config[key]!r}")
     arch = data["architecture"]
     for key in ARCHITECTURE_SETTINGS:
-        if key not in arch:
+        if key not in arch and key not in LATER_SETTINGS:
             fail(f"architecture lacks {key!r}")
-        if _plain(arch[key]) != _plain(getattr(cfg, key)):
+        if _plain(arch.get(key, LATER_SETTINGS.get(key))) != _plain(getattr(cfg, key)):
             fail(f"architecture has {key} = {arch[key]!r} but its config says {getattr(cfg, key)!r}")
 
     # Normalization scales: divisors of the features.

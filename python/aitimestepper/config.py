@@ -94,6 +94,8 @@ class Config:
                          "state's dynamical time; absolute: dt = softplus(output) + dt_min",
                          choices=("scale-aware", "absolute"))
     eta_init: float = _opt(0.02, ("--eta-init",), "scale-aware: a fresh network predicts dt = eta_init * tau")
+    dt_factor_range: Optional[float] = _opt(None, ("--dt-factor-range",), "scale-aware: keep the learned factor "
+                                            "within [eta_init / R, eta_init * R] (R > 1; unset: unbounded)")
     dt_min: float = _opt(1e-12, ("--dt-min",), "absolute: floor added to the predicted dt")
     dt_max: Optional[float] = _opt(None, ("--dt-max",), "cap on the predicted dt")
     # --- training ---
@@ -285,6 +287,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"need 0 <= e_min <= e_max < 1, got e_min = {cfg.e_min}, e_max = {cfg.e_max}")
     if cfg.a_min > cfg.a_max:
         raise ConfigError(f"need a_min <= a_max, got a_min = {cfg.a_min}, a_max = {cfg.a_max}")
+    if cfg.dt_factor_range is not None and not (cfg.dt_factor_range > 1 and math.isfinite(cfg.dt_factor_range)):
+        raise ConfigError(f"dt_factor_range must be a finite number > 1 (the factor's largest deviation from "
+                          f"eta_init either way), got {cfg.dt_factor_range}")
     if cfg.E_lower >= cfg.E_upper:
         raise ConfigError(f"need E_lower < E_upper, got {cfg.E_lower} and {cfg.E_upper}")
     if cfg.energy_threshold < cfg.E_upper:

@@ -75,9 +75,10 @@ def _simulate(cfg: Config, checkpoint, systems: Systems, t_end, label: str, para
     evaluations = int(out["evaluations"][0])
     error = float(out["energy_error_max"][0])
     planned = float(evaluations)
-    if bool(out["diverged"][0]) or bool(out["stalled"][0]) or not math.isfinite(error):
+    # A run cut by --step-cap did not cover the span: its error so far is not comparable either.
+    if bool(out["diverged"][0]) or bool(out["stalled"][0]) or out["step_cap_reached"] or not math.isfinite(error):
         error = math.inf
-        # It stopped where it diverged: its cost over the whole span, at the rate it was going.
+        # It stopped early: its cost over the whole span, at the rate it was going.
         reached = float(out["t"][0]) if math.isfinite(float(out["t"][0])) else 0.0
         planned = evaluations * float(t_end[0]) / reached if reached > 0 else math.inf
     return Run(label, evaluations, error, steps, out["wall_time_s"] / max(steps, 1), parameter, recording, planned)

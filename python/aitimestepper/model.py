@@ -7,6 +7,9 @@ of two ways (`dt_param`):
   dynamical time (physics/timescale.py). Output 0's row of the last layer starts at zero, so a
   fresh network predicts the classical step eta_init * tau for every state, and what it learns is
   a dimensionless correction to it: the system's own time scale never has to be learned.
+  With `dt_factor_range` R the correction is bounded (`bounded_ratio`): the factor stays within
+  [eta_init / R, eta_init * R], so the network can only reshape the classical criterion within
+  a range chosen in advance, never replace it by the noise of its training signal.
 - `absolute` (the earlier project's): dt = softplus(o0) + dt_min, in the system's time units.
 Either way dt is capped at dt_max when set. Output 1 is an auxiliary head. The architecture is
 plain data (`architecture()`), saved in checkpoints and rebuilt from them.
@@ -32,6 +35,15 @@ _ELEMENTWISE = {nn.Tanh: torch.tanh, nn.Softplus: torch.nn.functional.softplus, 
                 nn.Sigmoid: torch.sigmoid, nn.SiLU: torch.nn.functional.silu}
 
 
+def bounded_ratio(ratio: torch.Tensor, log_range: float) -> torch.Tensor:
+    """The learned factor's ratio to eta_init, q = softplus(o0) / ln 2 in (0, inf), mapped
+    smoothly into (1/R, R), R = exp(log_range): exp(log_range * tanh(ln q / log_range)). Near
+    q = 1 it is q itself (slope 1 in log-log), so a fresh network is still the classical
+    criterion; a network output that strays far saturates at a factor R either way."""
+    log_ratio = torch.log(ratio.clamp_min(torch.finfo(ratio.dtype).tiny))
+    return torch.exp(torch.tanh(log_ratio / log_range) * log_range)
+
+
 class FourierEmbedding(nn.Module):
     """z = 2 pi x B^T with B ~ Normal(0, scale^2) [dim/2, in] frozen; returns [sin z, cos z]."""
 
@@ -49,7 +61,7 @@ class FullyConnectedNN(nn.Module):
     def __init__(self, input_dim: int, hidden_dims: Sequence[int] = (200, 1000, 1000, 200), activation: str = "tanh",
                  dropout: float = 0.2, fourier_scale: float = 0.0, fourier_dim: int = 64, dt_min: float = 1e-12,
                  dt_max: Optional[float] = None, output_dim: int = 2, dt_param: str = "scale-aware",
-                 eta_init: float = 0.02) -> None:
+                 eta_init: float = 0.02, dt_factor_range: Optional[float] = None) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
@@ -60,13 +72,18 @@ class FullyConnectedNN(nn.Module):
             "dropout": float(dropout), "fourier_scale": float(fourier_scale), "fourier_dim": int(fourier_dim),
             "dt_min": float(dt_min), "dt_max": None if dt_max is None else float(dt_max), "output_dim": int(output_dim),
             "dt_param": dt_param, "eta_init": float(eta_init),
+            "dt_factor_range": None if dt_factor_range is None else float(dt_factor_range),
         }
+        if dt_factor_range is not None and not (dt_factor_range > 1 and math.isfinite(dt_factor_range)):
+            raise ValueError(f"dt_factor_range must be a finite number > 1, got {dt_factor_range}")
         self.dt_min = float(dt_min)
         self.dt_max = dt_max
         self.scale_aware = dt_param == "scale-aware"
         # softplus(0) = ln 2: the factor that makes a zero output mean "eta_init".
         self.eta_init = float(eta_init)
         self._factor = float(eta_init) / math.log(2.0)
+        # ln R of a bounded factor (scale-aware only); None: unbounded.
+        self.log_range = math.log(dt_factor_range) if dt_factor_range is not None and self.scale_aware else None
         self.embedding = FourierEmbedding(input_dim, fourier_dim, fourier_scale) if fourier_scale > 0 else None
         width = fourier_dim if self.embedding is not None else input_dim
         layers: list[nn.Module] = []
@@ -103,7 +120,8 @@ class FullyConnectedNN(nn.Module):
             return self.dt_from_output(self(x), tau)
         layers = self._compiled_layers()
         if layers is not None and x.dim() == 2 and x.shape[0] <= COMPILED_MAX_ROWS and x.is_cpu \
-                and x.dtype is layers[0][0].dtype and tau.dtype is x.dtype and tau.is_contiguous():
+                and x.dtype is layers[0][0].dtype and tau.dtype is x.dtype and tau.is_contiguous() \
+                and self.log_range is None:  # the compiled head has no bound: outputs only, below
             return self._compiled_forward(x, layers, tau)[1]
         return self.dt_from_output(self._inference(x), tau)
 
@@ -119,7 +137,8 @@ class FullyConnectedNN(nn.Module):
         out = torch.empty(rows, self._architecture["output_dim"], dtype=dtype)
         dt = torch.empty(rows, dtype=dtype)
         pointers = [(w.data_ptr(), b.data_ptr(), *rest) for w, b, *rest in layers]
-        head = (dtype is torch.float64, dt.data_ptr(), self.scale_aware)
+        # The compiled head has no bound: a bounded factor takes the outputs and dt_from_output.
+        head = (dtype is torch.float64, dt.data_ptr() if self.log_range is None else 0, self.scale_aware)
         constants = (self._factor, self.dt_min, math.inf if self.dt_max is None else self.dt_max)
         forward = _core.cpu_mlp_forward
 
@@ -127,7 +146,7 @@ class FullyConnectedNN(nn.Module):
             if not (x.is_contiguous() and tau.is_contiguous() and x.shape[0] == rows):
                 return self.dt(x, tau)
             forward(x.data_ptr(), out.data_ptr(), rows, pointers, *head, tau.data_ptr(), *constants)
-            return dt
+            return dt if self.log_range is None else self.dt_from_output(out, tau)
 
         return bound
 
@@ -193,7 +212,9 @@ class FullyConnectedNN(nn.Module):
         return self._inference_plan
 
     def dt_from_output(self, out: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-        if self.scale_aware:
+        if self.scale_aware and self.log_range is not None:
+            dt = bounded_ratio(out[..., 0] / math.log(2.0), self.log_range) * tau * self.eta_init
+        elif self.scale_aware:
             dt = torch.mul(out[..., 0], tau).mul_(self._factor) if not out.requires_grad else \
                 out[..., 0] * tau * self._factor
         else:
@@ -206,7 +227,8 @@ class FullyConnectedNN(nn.Module):
 def build_model(cfg, input_dim: int) -> FullyConnectedNN:
     """The configured network on cfg's device and dtype; weights drawn from the global torch RNG."""
     model = FullyConnectedNN(input_dim, cfg.hidden_dims, cfg.activation, cfg.dropout, cfg.fourier_scale,
-                             cfg.fourier_dim, cfg.dt_min, cfg.dt_max, dt_param=cfg.dt_param, eta_init=cfg.eta_init)
+                             cfg.fourier_dim, cfg.dt_min, cfg.dt_max, dt_param=cfg.dt_param, eta_init=cfg.eta_init,
+                             dt_factor_range=cfg.dt_factor_range)
     return model.to(device=cfg.device, dtype=getattr(torch, cfg.dtype))
 
 
