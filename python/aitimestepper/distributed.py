@@ -81,10 +81,6 @@ class Group:
         """Every rank's `value` (picklable), in rank order, on every rank."""
         return [value]
 
-    def agree(self, flag: bool) -> bool:
-        """True on every rank if `flag` is true on any rank."""
-        return flag
-
     def wait_for_all(self) -> None:
         """Return when every rank got here (without a time limit: ranks may finish their shards
         far apart); raises PeerFailed as soon as a rank has failed."""
@@ -148,11 +144,6 @@ class ProcessGroup(Group):
         self._call("all_gather_object", self._dist.all_gather_object, out, value)
         return out
 
-    def agree(self, flag: bool) -> bool:
-        total = torch.tensor([float(flag)], dtype=torch.float64, device=self._on)
-        self.all_sum(total)
-        return bool(total.item() > 0)
-
     def wait_for_all(self) -> None:
         self._generation += 1
         keys = [DONE_KEY.format(generation=self._generation, rank=r) for r in range(self.size)]
@@ -182,7 +173,7 @@ class ProcessGroup(Group):
             except RuntimeError:
                 break  # the store is gone (it lived in the failed rank)
             time.sleep(POLL_S)
-        return PeerFailed(f"rank {self.rank}: {what} failed, another rank has stopped ({str(error).splitlines()[0]}); "
+        return PeerFailed(f"rank {self.rank}: {what} failed: another rank stopped or stalled ({str(error).splitlines()[0]}); "
                           "see that rank's error above", 1)
 
     def publish(self, message: str, exit_status: int) -> None:
