@@ -175,7 +175,9 @@ print_build_info || FAILED=1
 #     forward + fused step, the single-system step against the forward with launch counts, the
 #     retrain iteration against forward + backward + Adam). Rows: $OUT/end_to_end.jsonl.
 if [[ "$E2E" == 1 ]]; then
-  phase e2e-tests "$(limit 200 200)" "$PYTHON" -m pytest -q tests/test_gpu_end_to_end.py tests/test_transfer.py -p no:cacheprovider \
+  # With them, torchrun's nccl path on one rank (issue 14): train and simulate on cuda:0.
+  phase e2e-tests "$(limit 200 200)" "$PYTHON" -m pytest -q tests/test_gpu_end_to_end.py tests/test_transfer.py \
+    "tests/test_distributed.py::test_cuda_one_rank_on_nccl_computes_what_one_process_computes" -p no:cacheprovider \
     --durations=10 || FAILED=1
   phase e2e-bench "$(limit 240 0)" "$PYTHON" bench/bench_gpu_end_to_end.py --out "$OUT" ${AITS_E2E_ARGS:-} \
     || FAILED=1
