@@ -56,9 +56,8 @@ def replay(trainer: Trainer) -> Part2Result:
         return Part2Result(skipped=True)
     result = Part2Result()
     batch = min(cfg.replay_batch_size, size)
-    device = trainer.orbits.pos.device
     for _ in range(cfg.replay_steps):
-        index = to_device(torch.randperm(size, generator=trainer.sampler)[:batch], device)  # no host sync
+        index = torch.randperm(size, generator=trainer.sampler)[:batch]  # on the host, as take() wants it
         outcome = iteration(trainer, trainer.replay.take(index), batch,
                             stop=stops.stop_requested() is not None or stops.deadline_passed())
         if outcome.stopped:

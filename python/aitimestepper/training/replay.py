@@ -17,6 +17,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..transfer import to_device
+
 FIELDS = ("inputs", "tau", "pos", "vel", "mass", "energy", "dt")
 
 
@@ -85,11 +87,15 @@ class ReplayBuffer:
         self.size += count
 
     def take(self, index: torch.Tensor) -> Samples:
-        """The samples at trajectory positions `index` that this process holds, in index order."""
+        """The samples at trajectory positions `index` (a CPU tensor: the sampler's draw) that this
+        process holds, in index order. The rows are picked on the host and copied to the device
+        without a host sync."""
+        rows = index
         if self.mine is not None:
-            rows = self._local_of[index.cpu()]
-            index = rows[rows >= 0].to(self._data["inputs"].device)
-        return Samples(*(self._data[key][index] for key in FIELDS))
+            rows = self._local_of[index]
+            rows = rows[rows >= 0]
+        rows = to_device(rows, self._data["inputs"].device)
+        return Samples(*(self._data[key][rows] for key in FIELDS))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The samples held here (see merge_states for the whole trajectory)."""
