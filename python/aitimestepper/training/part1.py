@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
@@ -144,9 +145,10 @@ def judge(trainer: Trainer, stop: bool = False) -> tuple[Attempt, Verdict]:
     that replaces it): r, dt, whether the step moved the state and whether the window is warm,
     of every orbit, and whether any rank asked to `stop`."""
     o = trainer.orbits
-    with torch.set_grad_enabled(trainer.gate_gives_gradient):
-        gate = trainer.attempt(o.inputs, o.tau, o.pos, o.vel, o.mass, o.energy, train=False, warming=warming(trainer))
     warm = [o.history.warm(b) for b in range(o.count)]
+    with torch.set_grad_enabled(trainer.gate_gives_gradient):
+        gate = trainer.attempt(o.inputs, o.tau, o.pos, o.vel, o.mass, o.energy, train=False,
+                               warming=warming(warm, o.pos.device))
     with torch.no_grad():
         moved = moves_state(gate.pos, o.pos).to(gate.r.dtype)
         if not trainer.group.distributed:  # this process knows the warm windows and the stop already
@@ -166,12 +168,12 @@ def moves_state(pos1: torch.Tensor, pos0: torch.Tensor) -> torch.Tensor:
     return (pos1 - pos0).abs().flatten(1).amax(-1) > 4 * torch.finfo(pos0.dtype).eps * size
 
 
-def warming(trainer: Trainer):
-    """[B] bool: orbits whose history window still holds padding (None without history)."""
-    history = trainer.orbits.history
-    if not history.K or all(history.warm(b) for b in range(trainer.orbits.count)):
+def warming(warm: list[bool], device) -> Optional[torch.Tensor]:
+    """[B] bool on `device`: the orbits whose history window still holds padding (the negation of
+    `warm`); None when every window is full (or there is no history)."""
+    if all(warm):
         return None
-    return to_device([not history.warm(b) for b in range(trainer.orbits.count)], trainer.orbits.pos.device)
+    return to_device([not w for w in warm], device)
 
 
 def retrain(trainer: Trainer, gate: Attempt, trained: list[int]) -> None:
