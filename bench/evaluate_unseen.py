@@ -55,7 +55,9 @@ def main(argv=None) -> int:
               + (f"; failed: {', '.join(failed)}" if failed else ""), flush=True)
 
     summary = {}
-    for baseline in ("eta criterion", "eta criterion, symmetric", "fixed-dt leapfrog"):
+    baselines = [name for name in rows[0] if name not in ("seed", "evaluations", "failed", "learned (symmetric)",
+                                                          "learned (plain)") and not name.startswith("REBOUND")]
+    for baseline in baselines:
         learned_failed = {r["seed"] for r in rows if "learned (symmetric)" in r["failed"]}
         baseline_failed = {r["seed"] for r in rows if baseline in r["failed"]}
         compared = [r for r in rows if r["seed"] not in learned_failed | baseline_failed]

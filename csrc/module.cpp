@@ -341,11 +341,12 @@ void cpu_state_features(std::uintptr_t pos, std::uintptr_t vel, std::uintptr_t m
                             ptr(column_scale), ptr(out), s, rich, tail);
 }
 
-// The scaled feature block (out [B, 13]; out = 0: none) and the dynamical time tau [B] of a CPU
-// batch, both in the batch's dtype.
+// The scaled feature block (out [B, 13]; out = 0: none) and the step time tau [B] of a CPU
+// batch (the dynamical time, or with flyby the encounter time), both in the batch's dtype.
 void cpu_scaled_features(std::uintptr_t pos, std::uintptr_t vel, std::uintptr_t mass,
                          std::uintptr_t acc, std::uintptr_t out, std::uintptr_t tau, int64_t B,
-                         int64_t N, int64_t D, double G, double softening, bool double_precision) {
+                         int64_t N, int64_t D, double G, double softening, bool double_precision,
+                         bool flyby) {
   const aits::Shape s = to_shape(B, N, D);
   if (s.B == 0) return;
   if (N < 2) throw py::value_error("scaled features need N >= 2 bodies, got N=" + std::to_string(N));
@@ -356,7 +357,7 @@ void cpu_scaled_features(std::uintptr_t pos, std::uintptr_t vel, std::uintptr_t 
   require(tau, "tau");
   py::gil_scoped_release nogil;
   aits::cpu::scaled_features(double_precision, ptr(pos), ptr(vel), ptr(mass), ptr(acc),
-                             out == 0 ? nullptr : ptr(out), ptr(tau), s, G, softening);
+                             out == 0 ? nullptr : ptr(out), ptr(tau), s, G, softening, flyby);
 }
 
 // The step network's forward for a few rows: x [rows, in] -> out [rows, width of the last layer];
@@ -431,10 +432,11 @@ PYBIND11_MODULE(_core, m) {
         py::arg("out"), py::arg("B"), py::arg("N"), py::arg("D"), py::arg("rich"), py::arg("tail"),
         py::arg("double_precision"));
   m.def("cpu_scaled_features", &cpu_scaled_features,
-        "The scaled feature block of features.py (out[B,13], or none for out = 0) and tau[B].",
+        "The scaled feature block of features.py (out[B,13], or none for out = 0) and the step "
+        "time tau[B] (with flyby: the encounter time).",
         py::arg("pos"), py::arg("vel"), py::arg("mass"), py::arg("acc"), py::arg("out"),
         py::arg("tau"), py::arg("B"), py::arg("N"), py::arg("D"), py::arg("G"),
-        py::arg("softening"), py::arg("double_precision"));
+        py::arg("softening"), py::arg("double_precision"), py::arg("flyby") = false);
   m.def("cpu_mlp_forward", &cpu_mlp_forward,
         "The step network's forward for a few rows (layers: (weight, bias, in, out, activation)); "
         "with dt != 0 also the step of each row (model.py dt_from_output).",

@@ -8,6 +8,7 @@ import torch
 
 from aitimestepper import features as features_module
 from aitimestepper import ops
+from aitimestepper.config import TIMESCALES
 from aitimestepper.features import Featurizer, Scales, auto_scales
 from conftest import assert_matches_reference, make_system
 
@@ -107,18 +108,20 @@ def test_compiled_state_block_matches_the_reference(feature_type, N, D, batch, d
 
 
 @requires_compiled_features
+@pytest.mark.parametrize("timescale", TIMESCALES)
 @pytest.mark.parametrize("N, D, batch", [(2, 2, ()), (3, 3, (4,)), (7, 2, (3,)), (127, 3, (2,))])
-def test_compiled_scaled_block_and_tau_match_the_reference(N, D, batch, dtype):
-    """csrc/cpu/features.cpp's scaled block and dynamical time against Featurizer.scaled_block
-    and physics.timescale.dynamical_time, with softening and G != 1."""
+def test_compiled_scaled_block_and_tau_match_the_reference(N, D, batch, dtype, timescale):
+    """csrc/cpu/features.cpp's scaled block and step time against Featurizer.scaled_block and
+    physics.timescale.step_time, with softening and G != 1 (the block's tau column is the
+    dynamical time whatever the step's time scale)."""
     from aitimestepper.features import _BoundScaled
-    from aitimestepper.physics.timescale import bind_dynamical_time, dynamical_time
+    from aitimestepper.physics.timescale import bind_step_time, step_time
 
     system = make_system(N, D, batch or (1,), dtype=dtype, seed=N)
     acc = ops.acceleration(system.pos, system.mass, softening=0.01, G=0.5)
     featurizer = Featurizer("scaled", 0, Scales(), softening=0.01, G=0.5)
     args = tuple(t.contiguous() for t in (system.pos, system.vel, system.mass, acc))
-    bound = _BoundScaled(featurizer, *args)
+    bound = _BoundScaled(featurizer, *args, timescale)
     compiled, tau = bound.block(), bound.tau
     assert features_module.compiled_scaled_applies(*args) and compiled.dtype == tau.dtype == dtype
     oracle = featurizer.scaled_block(*(t.double() for t in args))
@@ -126,9 +129,9 @@ def test_compiled_scaled_block_and_tau_match_the_reference(N, D, batch, dtype):
     assert_matches_reference(compiled, oracle, reference32, what="scaled block")
     limit = 1e-13 if dtype == torch.float64 else 4 * torch.finfo(torch.float32).eps
     assert ((compiled.double() - oracle).abs() / oracle.abs().clamp_min(1e-300)).max() <= limit
-    tau_oracle = dynamical_time(args[0].double(), args[3].double())
+    tau_oracle = step_time(args[0].double(), args[1].double(), args[3].double(), timescale)
     assert ((tau.double() - tau_oracle).abs() / tau_oracle).max() <= limit
-    alone = bind_dynamical_time(*args, G=0.5, softening=0.01)()
+    alone = bind_step_time(*args, G=0.5, softening=0.01, timescale=timescale)()
     assert torch.equal(alone, tau)
 
 
@@ -167,9 +170,11 @@ def test_bound_inputs_follow_buffers_updated_in_place(feature_type, K):
         acc.copy_(ops.acceleration(pos, system.mass))
 
 
-def test_the_pytorch_bound_scaled_features_compute_tau_once(monkeypatch):
+@pytest.mark.parametrize("timescale", TIMESCALES)
+def test_the_pytorch_bound_scaled_features_compute_tau_once(monkeypatch, timescale):
     """Where the compiled kernel does not apply (GPU tensors), Featurizer.bind's function runs
-    the PyTorch formula: the scaled block reuses its tau, with the values of Featurizer.inputs."""
+    the PyTorch formula: the scaled block reuses its tau, with the values of Featurizer.inputs,
+    and the step time is measured in the asked time scale."""
     from aitimestepper import physics
     from aitimestepper.features import _BoundReference
 
@@ -178,7 +183,7 @@ def test_the_pytorch_bound_scaled_features_compute_tau_once(monkeypatch):
     acc = ops.acceleration(system.pos, system.mass)
     featurizer = Featurizer("scaled", 1, Scales(), softening=0.01)
     history = featurizer.new_history(2, 3, 2, torch.float64, "cpu")
-    bound = featurizer.bind(system.pos, system.vel, system.mass, acc)
+    bound = featurizer.bind(system.pos, system.vel, system.mass, acc, timescale)
     assert isinstance(bound, _BoundReference)
     calls = []
     original = features_module.dynamical_time
@@ -187,4 +192,4 @@ def test_the_pytorch_bound_scaled_features_compute_tau_once(monkeypatch):
     assert len(calls) == 1
     expected, expected_block = featurizer.inputs(history, system.pos, system.vel, system.mass, acc)
     assert torch.equal(inputs, expected) and torch.equal(block, expected_block)
-    assert torch.equal(bound.tau, physics.timescale.dynamical_time(system.pos, acc))
+    assert torch.equal(bound.tau, physics.timescale.step_time(system.pos, system.vel, acc, timescale))

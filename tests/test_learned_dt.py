@@ -1,7 +1,9 @@
 """The learned step: its training signal, its units, its time symmetry, its start-up and its report.
 
 - A sample whose step was needlessly accurate (r below E_lower) gets a gradient that raises dt.
-- The scale-aware dt with `scaled` features rescales exactly as the physics does.
+- The scale-aware dt with `scaled` features rescales exactly as the physics does, in either time
+  scale; the encounter time is the smaller of the dynamical and the fly-by time, and a fresh
+  network measured in it is the classical criterion in that time, in training and simulation.
 - The symmetric step rule retraces its steps when the run is reversed.
 - With history features, the first K steps are classical and no zero-padded window is fed.
 - The simulation reports the largest energy error, ignores the cut last step in dt_min, counts
@@ -22,7 +24,9 @@ from aitimestepper.errors import ConfigError, TrainingStopped
 from aitimestepper.evaluate import evaluate, interpolate, Run
 from aitimestepper.features import Featurizer, Scales
 from aitimestepper.model import FullyConnectedNN
-from aitimestepper.physics.timescale import dynamical_time, eta_criterion
+from aitimestepper.config import TIMESCALES
+from aitimestepper.initial_conditions import kepler_orbits
+from aitimestepper.physics.timescale import dynamical_time, eta_criterion, flyby_time, step_time
 from aitimestepper.simulate import SymmetricSteps, run_simulation
 from aitimestepper.training import run_training
 from aitimestepper.training.loop import setup
@@ -71,10 +75,11 @@ def test_threshold_below_E_upper_is_refused():
         build_config("train", None, {"energy_threshold": 1e-6})
 
 
-def test_scale_aware_dt_rescales_as_the_physics_does():
+@pytest.mark.parametrize("timescale", TIMESCALES)
+def test_scale_aware_dt_rescales_as_the_physics_does(timescale):
     torch.manual_seed(0)
     featurizer = Featurizer("scaled", 0, Scales(), softening=0.0, G=1.0)
-    model = FullyConnectedNN(featurizer.input_dim, [16, 16], dropout=0.0).to(DTYPE)
+    model = FullyConnectedNN(featurizer.input_dim, [16, 16], dropout=0.0, timescale=timescale).to(DTYPE)
     with torch.no_grad():  # a trained-looking network: the zero-initialised row would hide the features
         model.net[-2].weight.normal_()
     pos, vel, mass = _three_bodies()
@@ -85,7 +90,7 @@ def test_scale_aware_dt_rescales_as_the_physics_does():
         acc = ops.acceleration(pos, mass, G=G, backend=BACKEND)
         scaled = Featurizer("scaled", 0, Scales(), softening=0.0, G=G)
         with torch.no_grad():
-            return model.dt(scaled.state_block(pos, vel, mass, acc), dynamical_time(pos, acc))
+            return model.dt(scaled.state_block(pos, vel, mass, acc), step_time(pos, vel, acc, model.timescale))
 
     dt = predicted(pos, vel, mass, 1.0)
     rescaled = predicted(pos * length, vel * (length / time_unit), mass * mass_unit, G)
@@ -101,6 +106,52 @@ def test_fresh_scale_aware_network_is_the_eta_criterion():
     with torch.no_grad():
         dt = model.dt(featurizer.state_block(pos, vel, mass, acc), dynamical_time(pos, acc))
     torch.testing.assert_close(dt, eta_criterion(pos, acc, 0.03), rtol=1e-14, atol=0)
+
+
+def test_encounter_time_is_the_smaller_of_tau_and_the_flyby_time():
+    pos, vel, mass = _three_bodies(3)
+    acc = ops.acceleration(pos, mass, backend=BACKEND)
+    by_loop = torch.tensor([min(float((pos[b, i] - pos[b, j]).norm() / (vel[b, i] - vel[b, j]).norm())
+                                for i in range(3) for j in range(i + 1, 3)) for b in range(2)], dtype=DTYPE)
+    torch.testing.assert_close(flyby_time(pos, vel), by_loop, rtol=1e-14, atol=0)
+    torch.testing.assert_close(step_time(pos, vel, acc, "encounter"),
+                               torch.minimum(dynamical_time(pos, acc), by_loop), rtol=1e-14, atol=0)
+    assert torch.equal(step_time(pos, vel, acc, "acceleration"), dynamical_time(pos, acc))
+    # Two unit masses at pericentre: the relative speed is sqrt(2 (1 + e) / d), so the fly-by time
+    # is tau / sqrt(2 (1 + e)); half an orbit later, at apocentre, tau is the smaller.
+    e = 0.9
+    orbit = kepler_orbits(1, 2, 1.0, (e, e), (1.0, 1.0), 1.0, torch.Generator().manual_seed(0))
+    acc = ops.acceleration(orbit.pos, orbit.mass, backend=BACKEND)
+    tau = dynamical_time(orbit.pos, acc)
+    torch.testing.assert_close(step_time(orbit.pos, orbit.vel, acc, "encounter"), tau / math.sqrt(2 * (1 + e)),
+                               rtol=1e-12, atol=0)
+    apocentre, slower = -orbit.pos * (1 + e) / (1 - e), orbit.vel * (1 - e) / (1 + e)
+    acc = ops.acceleration(apocentre, orbit.mass, backend=BACKEND)
+    assert torch.equal(step_time(apocentre, slower, acc, "encounter"), dynamical_time(apocentre, acc))
+    with pytest.raises(ValueError, match="unknown timescale 'free-fall'"):
+        step_time(apocentre, slower, acc, "free-fall")
+
+
+def test_a_fresh_encounter_network_is_the_encounter_criterion_in_simulation(tmp_path):
+    """Training saves the time scale with the model, and simulation measures the learned step in
+    it: with lr = 1e-300 the network stays fresh, so its run is the classical run in that time scale
+    (and differs from the run in the dynamical time)."""
+    checkpoint = run_training(tiny_config(tmp_path, save_name="enc", timescale="encounter", lr=1e-300, eta_init=0.005,
+                                          e_min=0.5, e_max=0.5, duration=60.0), progress=False).checkpoint
+    assert torch.load(checkpoint, weights_only=True)["architecture"]["timescale"] == "encounter"
+    common = dict(steps=200, step_rule="plain")
+    learned = _records(_sim_config(tmp_path, integrator_mode="ml", model_path=checkpoint, **common))[0]
+    classical = {scale: _records(_sim_config(tmp_path, integrator_mode="adaptive", eta=0.005, timescale=scale,
+                                             **common))[0] for scale in TIMESCALES}
+    for key in ("t_final", "energy_error_max", "dt_min", "dt_max"):
+        assert learned[key] == pytest.approx(classical["encounter"][key], rel=1e-9), key
+    assert classical["encounter"]["t_final"] < 0.95 * classical["acceleration"]["t_final"]
+    # evaluate adds the learned step's own starting point, and keeps the eta criterion in the dynamical time.
+    report = evaluate(_sim_config(tmp_path, model_path=checkpoint, Nperiod=0.25), stream=None)
+    assert [row["method"] for row in report["rows"]][2:6] == ["fixed-dt leapfrog", "eta criterion",
+                                                              "eta criterion, symmetric", "eta x encounter time, symm."]
+    assert report["runs"]["eta criterion, symmetric"][0]["label"] == "eta criterion (symmetric, acceleration time)"
+    assert report["runs"]["eta x encounter time, symm."][0]["label"] == "eta criterion (symmetric, encounter time)"
 
 
 def test_bounded_factor_stays_in_its_range():
@@ -245,6 +296,7 @@ def test_evaluate_compares_at_equal_force_evaluations(tmp_path):
     methods = [row["method"] for row in report["rows"]]
     assert methods[:5] == ["learned (symmetric)", "learned (plain)", "fixed-dt leapfrog", "eta criterion",
                            "eta criterion, symmetric"]
+    assert report["runs"]["eta criterion"][0]["label"] == "eta criterion (plain, acceleration time)"
     try:
         import rebound  # noqa: F401
     except ImportError:

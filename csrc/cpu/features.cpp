@@ -165,22 +165,26 @@ void state_features(bool double_precision, const void* pos, const void* vel, con
 namespace aits::cpu {
 namespace {
 
-// tau and the scaled block of one system; sums in double whatever T (rounded once at the end),
-// min/max propagating NaN as torch's amin/amax do. `nearest` holds N doubles of scratch.
+// The scaled block of one system and its step time: tau, or with `flyby` min(tau, the fly-by
+// time min d_ij / |v_i - v_j|) (physics/timescale.py); the block's tau column is tau either way.
+// Sums in double whatever T (rounded once at the end), min/max propagating NaN as torch's
+// amin/amax do. `nearest` holds N doubles of scratch.
 template <typename T, int D>
 void scaled_one_system(const T* x, const T* v, const T* m, const T* a, T* out, T* tau_out,
-                       int64_t N, double G, double eps, double* nearest) {
+                       int64_t N, double G, double eps, bool flyby, double* nearest) {
   const BodyStats b = body_stats<T, D>(x, v, m, a, N);
   const double total = b.total, kinetic = b.kinetic;
   const Moments &r = b.r, &s = b.s, &alpha = b.alpha;
   Moments d;
   for (int64_t i = 0; i < N; ++i) nearest[i] = std::numeric_limits<double>::infinity();
   double potential = 0;
+  double flyby_time = std::numeric_limits<double>::infinity();
   for (int64_t i = 0; i < N; ++i)
     for (int64_t j = i + 1; j < N; ++j) {
       const double d2 = squared_distance<T, D>(x, i, j);
       const double distance = std::sqrt(d2);
       d.add(distance);
+      if (flyby) flyby_time = nan_min(flyby_time, distance / std::sqrt(squared_distance<T, D>(v, i, j)));
       potential += double(m[i]) * double(m[j]) / std::sqrt(d2 + eps * eps);
       nearest[i] = nan_min(nearest[i], distance);
       nearest[j] = nan_min(nearest[j], distance);
@@ -195,7 +199,7 @@ void scaled_one_system(const T* x, const T* v, const T* m, const T* a, T* out, T
     const double magnitude = std::sqrt(a2);
     tau = nan_min(tau, std::sqrt(nearest[i] / (magnitude > floor || std::isnan(magnitude) ? magnitude : floor)));
   }
-  *tau_out = static_cast<T>(tau);
+  *tau_out = static_cast<T>(flyby ? nan_min(tau, flyby_time) : tau);
   if (out == nullptr) return;
   const double per_body = 1.0 / double(N);
   const double length = d.sum / double(N * (N - 1) / 2);
@@ -213,7 +217,7 @@ void scaled_one_system(const T* x, const T* v, const T* m, const T* a, T* out, T
 
 template <typename T, int D>
 void run_scaled(const T* pos, const T* vel, const T* mass, const T* acc, T* out, T* tau, Shape s,
-                double G, double eps) {
+                double G, double eps, bool flyby) {
   const int64_t state = s.N * D;
   const bool parallel = s.B >= 2 * int64_t(detail::max_threads()) && s.B * s.N * s.N >= 4096;
   (void)parallel;
@@ -224,20 +228,21 @@ void run_scaled(const T* pos, const T* vel, const T* mass, const T* acc, T* out,
     for (int64_t b = 0; b < s.B; ++b)
       scaled_one_system<T, D>(pos + b * state, vel + b * state, mass + b * s.N, acc + b * state,
                               out == nullptr ? nullptr : out + b * kScaledFeatures, tau + b, s.N, G,
-                              eps, nearest.data());
+                              eps, flyby, nearest.data());
   }
 }
 
 }  // namespace
 
 void scaled_features(bool double_precision, const void* pos, const void* vel, const void* mass,
-                     const void* acc, void* out, void* tau, Shape shape, double G, double softening) {
+                     const void* acc, void* out, void* tau, Shape shape, double G, double softening,
+                     bool flyby) {
   detail::dispatch(double_precision, shape.D, [&](auto zero, auto dim) {
     using T = decltype(zero);
     run_scaled<T, decltype(dim)::value>(static_cast<const T*>(pos), static_cast<const T*>(vel),
                                         static_cast<const T*>(mass), static_cast<const T*>(acc),
                                         static_cast<T*>(out), static_cast<T*>(tau), shape, G,
-                                        softening);
+                                        softening, flyby);
   });
 }
 

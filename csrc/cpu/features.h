@@ -28,9 +28,11 @@ namespace aits::cpu {
 constexpr int kScaledFeatures = 13;
 
 // The dimensionless `scaled` block of features.py (Featurizer.scaled_block, its float64
-// reference) and the dynamical time tau = min_i sqrt(d_i / |a_i|) of physics/timescale.py, for
-// every system: pos, vel, acc [B, N, D], mass [B, N], out [B, 13] (null: tau only), tau [B].
+// reference) and the step time of physics/timescale.py, for every system: pos, vel, acc
+// [B, N, D], mass [B, N], out [B, 13] (null: the time only), tau [B]: the dynamical time
+// min_i sqrt(d_i / |a_i|), or with `flyby` the encounter time (its minimum with the fly-by time).
 void scaled_features(bool double_precision, const void* pos, const void* vel, const void* mass,
-                     const void* acc, void* out, void* tau, Shape shape, double G, double softening);
+                     const void* acc, void* out, void* tau, Shape shape, double G, double softening,
+                     bool flyby);
 
 }  // namespace aits::cpu

@@ -23,9 +23,10 @@ def cpu_acceleration_vjp(
 
 def cpu_scaled_features(
     pos: int, vel: int, mass: int, acc: int, out: int, tau: int, B: int, N: int, D: int, G: float,
-    softening: float, double_precision: bool,
+    softening: float, double_precision: bool, flyby: bool = False,
 ) -> None:
-    """The scaled feature block of features.py (out[B,13], or none for out = 0) and tau[B]."""
+    """The scaled feature block of features.py (out[B,13], or none for out = 0) and the step
+    time tau[B] (with flyby: the encounter time)."""
 
 def cpu_mlp_forward(
     x: int, out: int, rows: int, layers: list[tuple[int, int, int, int, int]], double_precision: bool,

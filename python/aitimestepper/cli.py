@@ -42,12 +42,12 @@ SHARED = ("num_particles", "dim", "mass", "pos_scale", "vel_scale", "ic", "ic_pa
           "save_name")
 MODEL = ("history_len", "feature_type", "normalize_inputs", "norm_mode", "norm_L0", "norm_V0", "norm_A0", "norm_T0",
          "hidden_dims", "activation", "dropout", "fourier_scale", "fourier_dim", "dt_param", "eta_init", "dt_min",
-         "dt_max", "dt_factor_range")
+         "dt_max", "dt_factor_range", "timescale")
 TRAINING = ("epochs", "duration", "lr", "weight_decay", "n_steps", "energy_threshold", "steps_per_epoch",
             "max_retrain_steps", "on_retrain_cap", "replay_steps", "replay_batch_size", "min_replay_size", "train_on",
             "replay_tolerance", "E_lower", "E_upper", "checkpoint_every", "resume", "wandb", "wandb_project",
             "wandb_name")
-SIMULATION = ("integrator_mode", "model_path", "dt", "eta", "step_rule", "energy_error_bound", "steps", "duration",
+SIMULATION = ("integrator_mode", "model_path", "dt", "eta", "timescale", "step_rule", "energy_error_bound", "steps", "duration",
               "Nperiod", "step_cap", "output_json", "plot", "movie", "movie_dir", "movie_max_frames", "movie_fps",
               "movie_dpi")
 EVALUATION = ("model_path", "eta", "step_rule", "energy_error_bound", "duration", "Nperiod", "step_cap",

@@ -24,6 +24,7 @@ from .guards import check_device, check_save_name, check_seed
 PHASES = ("train", "simulate", "evaluate")
 FEATURE_TYPES = ("scaled", "basic", "rich", "delta_mag")
 ACTIVATIONS = ("tanh", "relu", "sigmoid", "silu")
+TIMESCALES = ("acceleration", "encounter")  # physics/timescale.py step_time
 INTEGRATOR_MODES = ("analytic", "ml", "history", "adaptive")
 DTYPES = ("float32", "float64")
 BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
@@ -96,6 +97,9 @@ class Config:
     eta_init: float = _opt(0.02, ("--eta-init",), "scale-aware: a fresh network predicts dt = eta_init * tau")
     dt_factor_range: Optional[float] = _opt(None, ("--dt-factor-range",), "scale-aware: keep the learned factor "
                                             "within [eta_init / R, eta_init * R] (R > 1; unset: unbounded)")
+    timescale: str = _opt("acceleration", ("--timescale",), "the time tau a scale-aware dt (and the adaptive "
+                          "mode's eta * tau) is measured in: acceleration, min_i sqrt(d_i / |a_i|); encounter, its "
+                          "minimum with the fly-by time min_ij d_ij / |v_ij|", choices=TIMESCALES)
     dt_min: float = _opt(1e-12, ("--dt-min",), "absolute: floor added to the predicted dt")
     dt_max: Optional[float] = _opt(None, ("--dt-max",), "cap on the predicted dt")
     # --- training ---

@@ -4,7 +4,9 @@ For one system (the first of the configured initial conditions: generated, an --
 a reference-case .json), the learned dt runs once, with its step rule (symmetric by default)
 and plainly. Its cost is counted in force evaluations, every one of them. The hand-made steps
 run as sweeps around that count: fixed-dt leapfrog (dt spaced by sqrt(2)) and the classical
-criterion dt = eta * tau (eta spaced by sqrt(2)), plainly and symmetrised. Each sweep's largest
+criterion dt = eta * tau (eta spaced by sqrt(2), tau the dynamical time), plainly and
+symmetrised. A model whose step is measured in another time scale (--timescale encounter) is
+also compared with eta times that time, symmetrised: the hand-made step its training started from. Each sweep's largest
 |dE/E0| over the run is interpolated in log-log to the learned run's evaluation count, so every
 row of the table is read at the same cost. With `rebound` installed, REBOUND's IAS15 (at its
 own cost: it sets the accuracy ceiling) and its leapfrog (at the learned run's cost) join.
@@ -207,18 +209,24 @@ def evaluate(cfg: Config, *, stream: Optional[TextIO] | Literal["stdout"] = "std
     def fixed(dt: float, record: bool = False) -> Run:
         return _simulate(cfg.replace(integrator_mode="analytic", dt=dt), None, systems, t_end, "fixed dt", dt, record)
 
-    def classical(rule_name: str):
+    def classical(rule_name: str, timescale: str):
         def run_at(eta: float, record: bool = False) -> Run:
-            return _simulate(cfg.replace(integrator_mode="adaptive", eta=eta, step_rule=rule_name), None, systems,
-                             t_end, f"eta criterion ({rule_name})", eta, record)
+            return _simulate(cfg.replace(integrator_mode="adaptive", eta=eta, step_rule=rule_name,
+                                         timescale=timescale), None, systems, t_end,
+                             f"eta criterion ({rule_name}, {timescale} time)", eta, record)
         return run_at
 
     # A fixed step's cost is known in advance; the classical one's is 1/eta times that of a probe.
     eta_probe = learned_eta(checkpoint, cfg)
     sweeps = {"fixed-dt leapfrog": _sweep(fixed, span / (target - 1), record=False)}
-    for name, rule_name in (("eta criterion", "plain"), ("eta criterion, symmetric", "symmetric")):
-        probe = classical(rule_name)(eta_probe)
-        sweeps[name] = _sweep(classical(rule_name), eta_probe * probe.evaluations / target, cfg.plot is not None)
+    classical_sweeps = [("eta criterion", "plain", "acceleration"), ("eta criterion, symmetric", "symmetric", "acceleration")]
+    timescale = checkpoint["architecture"].get("timescale", "acceleration")
+    if timescale != "acceleration":  # the learned factor's own starting point: what the training added
+        classical_sweeps.append((f"eta x {timescale} time, symm.", "symmetric", timescale))
+    for name, rule_name, scale in classical_sweeps:
+        probe = classical(rule_name, scale)(eta_probe)
+        sweeps[name] = _sweep(classical(rule_name, scale), eta_probe * probe.evaluations / target,
+                              cfg.plot is not None)
     rows = [Row(learned.label, learned.energy_error_max, learned.evaluations, learned.wall_per_step_s),
             Row(learned_other.label, learned_other.energy_error_max, learned_other.evaluations,
                 learned_other.wall_per_step_s, "its own cost")]

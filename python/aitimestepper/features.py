@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 import torch
 
 from .ops.backends import _core
-from .physics.timescale import dynamical_time
+from .physics.timescale import dynamical_time, step_time
 from .transfer import to_device
 from .ops.custom import _is_plain_eager
 
@@ -342,47 +342,52 @@ class Featurizer:
             return block, block
         return torch.cat([history.blocks.flatten(1), block], -1), block
 
-    def bind(self, pos: torch.Tensor, vel: torch.Tensor, mass: torch.Tensor, acc: torch.Tensor):
+    def bind(self, pos: torch.Tensor, vel: torch.Tensor, mass: torch.Tensor, acc: torch.Tensor,
+             timescale: str = "acceleration"):
         """`inputs(history)` of state buffers that the caller advances in place (the simulation
         loop): the same values as `self.inputs(history, pos, vel, mass, acc)`, with the compiled
         kernel's applicability checked once, here, instead of at every call. After each call,
-        the function's `tau` holds the state's dynamical time [B] (physics/timescale.py)."""
+        the function's `tau` holds the state's step time [B] in `timescale`
+        (physics/timescale.py step_time)."""
         contiguous = all(t.is_contiguous() for t in (pos, vel, mass, acc))
         if self.feature_type == "scaled" and contiguous and compiled_scaled_applies(pos, vel, mass, acc):
-            return _BoundScaled(self, pos, vel, mass, acc)
+            return _BoundScaled(self, pos, vel, mass, acc, timescale)
         if self.feature_type in ("delta_mag", "scaled") or not _compiled_applies(pos, vel, mass, acc) \
                 or not contiguous:
-            return _BoundReference(self, pos, vel, mass, acc)
-        return _BoundStateBlock(self, pos, vel, mass, acc)
+            return _BoundReference(self, pos, vel, mass, acc, timescale)
+        return _BoundStateBlock(self, pos, vel, mass, acc, timescale)
 
 
 class _BoundReference:
     """Featurizer.bind's function where no compiled kernel applies: the PyTorch formulas."""
 
-    def __init__(self, featurizer: Featurizer, pos, vel, mass, acc) -> None:
+    def __init__(self, featurizer: Featurizer, pos, vel, mass, acc, timescale: str = "acceleration") -> None:
         self.featurizer = featurizer
         self.buffers = (pos, vel, mass, acc)
+        self.timescale = timescale
         self.tau: Optional[torch.Tensor] = None
 
     def __call__(self, history: Optional[History]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         pos, vel, mass, acc = self.buffers
-        self.tau = dynamical_time(pos, acc)
+        tau = dynamical_time(pos, acc)
+        self.tau = step_time(pos, vel, acc, self.timescale, tau)
         if self.featurizer.feature_type == "scaled":  # the block reuses tau (GPU tensors take this path)
-            return self.featurizer._with_history(history, self.featurizer.scaled_block(pos, vel, mass, acc, self.tau))
+            return self.featurizer._with_history(history, self.featurizer.scaled_block(pos, vel, mass, acc, tau))
         return self.featurizer.inputs(history, pos, vel, mass, acc)
 
 
 class _BoundScaled:
     """Featurizer.bind's function for the scaled block: block and tau from one compiled call."""
 
-    def __init__(self, featurizer: Featurizer, pos, vel, mass, acc) -> None:
+    def __init__(self, featurizer: Featurizer, pos, vel, mass, acc, timescale: str = "acceleration") -> None:
         B, N, D = pos.shape
         self.featurizer = featurizer
         self.buffers = (pos, vel, mass, acc)
         self.shape = (B, STATE_FEATURES["scaled"])
         self.tau = pos.new_empty(B)
         self.args = (pos.data_ptr(), vel.data_ptr(), mass.data_ptr(), acc.data_ptr())
-        self.sizes = (B, N, D, featurizer.G, featurizer.softening, pos.dtype == torch.float64)
+        self.sizes = (B, N, D, featurizer.G, featurizer.softening, pos.dtype == torch.float64,
+                      timescale == "encounter")
 
     def block(self) -> torch.Tensor:
         out = self.buffers[0].new_empty(self.shape)
@@ -397,9 +402,10 @@ class _BoundStateBlock:
     """Featurizer.bind's function for the compiled basic/rich kernel: it holds the buffers it reads
     through (tau comes from the PyTorch formula)."""
 
-    def __init__(self, featurizer: Featurizer, pos, vel, mass, acc) -> None:
+    def __init__(self, featurizer: Featurizer, pos, vel, mass, acc, timescale: str = "acceleration") -> None:
         B, N, D = pos.shape
         rich = featurizer.feature_type == "rich"
+        self.timescale = timescale
         scale = featurizer._constants(pos, N, D)["inverse_scales"]
         self.featurizer = featurizer
         self.buffers = (pos, vel, mass, acc, scale)
@@ -414,6 +420,6 @@ class _BoundStateBlock:
         return out
 
     def __call__(self, history: Optional[History]) -> tuple[torch.Tensor, torch.Tensor]:
-        pos, _, _, acc, _ = self.buffers
-        self.tau = dynamical_time(pos, acc)
+        pos, vel, _, acc, _ = self.buffers
+        self.tau = step_time(pos, vel, acc, self.timescale)
         return self.featurizer._with_history(history, self.block())

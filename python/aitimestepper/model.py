@@ -7,6 +7,9 @@ of two ways (`dt_param`):
   dynamical time (physics/timescale.py). Output 0's row of the last layer starts at zero, so a
   fresh network predicts the classical step eta_init * tau for every state, and what it learns is
   a dimensionless correction to it: the system's own time scale never has to be learned.
+  `timescale` names tau: the dynamical time (`acceleration`) or the encounter time
+  (`encounter`, physics/timescale.py); the model carries it so that every loop feeding it
+  measures tau the same way.
   With `dt_factor_range` R the correction is bounded (`bounded_ratio`): the factor stays within
   [eta_init / R, eta_init * R], so the network can only reshape the classical criterion within
   a range chosen in advance, never replace it by the noise of its training signal.
@@ -23,6 +26,7 @@ import torch
 from torch import nn
 
 from .ops.backends import _core
+from .config import TIMESCALES
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "silu": nn.SiLU}
 DT_PARAMS = ("scale-aware", "absolute")
@@ -61,19 +65,24 @@ class FullyConnectedNN(nn.Module):
     def __init__(self, input_dim: int, hidden_dims: Sequence[int] = (200, 1000, 1000, 200), activation: str = "tanh",
                  dropout: float = 0.2, fourier_scale: float = 0.0, fourier_dim: int = 64, dt_min: float = 1e-12,
                  dt_max: Optional[float] = None, output_dim: int = 2, dt_param: str = "scale-aware",
-                 eta_init: float = 0.02, dt_factor_range: Optional[float] = None) -> None:
+                 eta_init: float = 0.02, dt_factor_range: Optional[float] = None,
+                 timescale: str = "acceleration") -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
         if dt_param not in DT_PARAMS:
             raise ValueError(f"unknown dt_param {dt_param!r}; choose one of {list(DT_PARAMS)}")
+        if timescale not in TIMESCALES:
+            raise ValueError(f"unknown timescale {timescale!r}; choose one of {list(TIMESCALES)}")
         self._architecture = {
             "input_dim": int(input_dim), "hidden_dims": [int(w) for w in hidden_dims], "activation": activation,
             "dropout": float(dropout), "fourier_scale": float(fourier_scale), "fourier_dim": int(fourier_dim),
             "dt_min": float(dt_min), "dt_max": None if dt_max is None else float(dt_max), "output_dim": int(output_dim),
             "dt_param": dt_param, "eta_init": float(eta_init),
             "dt_factor_range": None if dt_factor_range is None else float(dt_factor_range),
+            "timescale": timescale,
         }
+        self.timescale = timescale
         if dt_factor_range is not None and not (dt_factor_range > 1 and math.isfinite(dt_factor_range)):
             raise ValueError(f"dt_factor_range must be a finite number > 1, got {dt_factor_range}")
         self.dt_min = float(dt_min)
@@ -228,7 +237,7 @@ def build_model(cfg, input_dim: int) -> FullyConnectedNN:
     """The configured network on cfg's device and dtype; weights drawn from the global torch RNG."""
     model = FullyConnectedNN(input_dim, cfg.hidden_dims, cfg.activation, cfg.dropout, cfg.fourier_scale,
                              cfg.fourier_dim, cfg.dt_min, cfg.dt_max, dt_param=cfg.dt_param, eta_init=cfg.eta_init,
-                             dt_factor_range=cfg.dt_factor_range)
+                             dt_factor_range=cfg.dt_factor_range, timescale=cfg.timescale)
     return model.to(device=cfg.device, dtype=getattr(torch, cfg.dtype))
 
 

@@ -4,8 +4,10 @@ Modes (--integrator-mode): `analytic` (fixed --dt), `ml` (dt from the network on
 state), `history` (the network with history features; its window is filled by the first K
 steps, taken with the classical step, before the network takes over), `adaptive` (the classical
 criterion dt = eta * tau, tau = min_i sqrt(d_i / |a_i|), d_i the distance from body i to its
-nearest neighbour, a_i its acceleration). A state-dependent step is applied plainly or through
-the time-reversible recurrence of `SymmetricSteps` (--step-rule; symmetric for the learned modes).
+nearest neighbour, a_i its acceleration; with --timescale encounter, tau is the encounter time
+of physics/timescale.py). A learned scale-aware step is measured in its model's time scale. A
+state-dependent step is applied plainly or through the time-reversible recurrence of
+`SymmetricSteps` (--step-rule; symmetric for the learned modes).
 
 The loop carries the acceleration from the end of one step to the start of the next, so a
 leapfrog step costs one force evaluation however dt changes between steps (ops.step, called
@@ -45,7 +47,7 @@ from .guards import check_outputs
 from .initial_conditions import Systems, kepler_period, make_systems
 from .physics.integrators import substep_weights
 from .ops.backends import _core
-from .physics.timescale import bind_dynamical_time, dynamical_time
+from .physics.timescale import bind_step_time, dynamical_time, step_time
 
 # System settings a checkpoint supplies unless the user gives them explicitly.
 INHERITED_FROM_CHECKPOINT = ("num_particles", "dim", "mass", "G", "softening", "integrator", "external_field_mass",
@@ -190,6 +192,7 @@ class Simulator:
                 else:  # the network as plain functions (the compiled CPU MLP cannot be traced)
                     for function, *arguments in model._plan():
                         x = function(x, *arguments)
+                tau = step_time(pos, vel, acc, model.timescale, tau)
                 return block, tau, model.dt_from_output(x, tau)
 
             model._plan()  # built eagerly, as the feature constants (_Loop)
@@ -305,8 +308,9 @@ class _Loop:
         self.h = self.dt = self._block = None
         # Checked once here, then one call per step (one compiled call on the cpu backend).
         self.advance = ops.bind_carried_step(pos, vel, acc, mass, integrator=cfg.integrator, **physics)
-        self.features = featurizer.bind(pos, vel, mass, acc) if featurizer is not None else None
-        self.tau = bind_dynamical_time(pos, vel, mass, acc, cfg.G, cfg.softening) if self.features is None else None
+        self.features = featurizer.bind(pos, vel, mass, acc, self.model.timescale) if featurizer is not None else None
+        self.tau = bind_step_time(pos, vel, mass, acc, cfg.G, cfg.softening, cfg.timescale) \
+            if self.features is None else None
         self.model_dt = self.model.bind_dt(B, pos.dtype, pos.device) if self.model is not None else None
         self.policy = simulator.compiled_policy() if self.features is not None else None
         if self.policy is not None:

@@ -24,7 +24,7 @@ FIELDS = ("inputs", "tau", "pos", "vel", "mass", "energy", "dt")
 
 @dataclass
 class Samples:
-    """A minibatch: inputs [S, F], dynamical time tau [S], pos/vel [S, N, D], mass [S, N],
+    """A minibatch: inputs [S, F], step time tau [S], pos/vel [S, N, D], mass [S, N],
     energy [S], dt [S]."""
 
     inputs: torch.Tensor

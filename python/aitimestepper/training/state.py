@@ -2,7 +2,7 @@
 
 `Trainer` holds the live objects of one run (config, network, optimizer, featurizer, orbits,
 replay buffer, RNGs) and the one operation both parts share, `attempt`: predict dt from the
-network input (and the state's dynamical time tau, which the scale-aware dt is measured in),
+network input (and the state's step time tau, which the scale-aware dt is measured in),
 advance n_steps with it and measure the relative energy error. Part 1 (part1.py), Part 2
 (part2.py) and the epoch loop (loop.py) work on it.
 
@@ -22,7 +22,7 @@ from .. import ops
 from ..distributed import SINGLE, Group
 from ..features import Featurizer, History
 from ..model import FullyConnectedNN
-from ..physics.timescale import dynamical_time
+from ..physics.timescale import step_time
 from .losses import band_loss, finite_gradient, relative_energy_error
 from .replay import ReplayBuffer
 
@@ -30,7 +30,7 @@ from .replay import ReplayBuffer
 @dataclass
 class Orbits:
     """The current states of B orbits: pos/vel/acc [B, N, D], mass [B, N], energy [B] and the
-    network input of each current state with its own feature block and dynamical time tau [B]
+    network input of each current state with its own feature block and step time tau [B]
     (cached until a state moves)."""
 
     pos: torch.Tensor
@@ -90,7 +90,7 @@ class Trainer:
         o = self.orbits
         o.inputs, o.block = self.featurizer.inputs(o.history, o.pos, o.vel, o.mass, o.acc)
         with torch.no_grad():
-            o.tau = dynamical_time(o.pos, o.acc)
+            o.tau = step_time(o.pos, o.vel, o.acc, self.model.timescale)
 
     def predict_dt(self, inputs: torch.Tensor, tau: torch.Tensor, train: bool,
                    warming: Optional[torch.Tensor] = None) -> torch.Tensor:
