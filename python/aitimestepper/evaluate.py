@@ -6,9 +6,9 @@ and plainly. Its cost is counted in force evaluations, every one of them. The ha
 run as sweeps around that count: fixed-dt leapfrog (dt spaced by sqrt(2)) and the classical
 criterion dt = eta * tau (eta spaced by sqrt(2), tau the dynamical time), plainly and
 symmetrised. A model whose step is measured in another time scale (--timescale encounter) is
-also compared with eta times that time, symmetrised: the hand-made step its training started from. Each sweep's largest
-|dE/E0| over the run is interpolated in log-log to the learned run's evaluation count, so every
-row of the table is read at the same cost. With `rebound` installed, REBOUND's IAS15 (at its
+also compared with eta times that time, symmetrised: the hand-made step its training started
+from. Each sweep's largest |dE/E0| over the run is interpolated in log-log to the learned run's
+evaluation count, so every row of the table is read at the same cost. With `rebound` installed, REBOUND's IAS15 (at its
 own cost: it sets the accuracy ceiling) and its leapfrog (at the learned run's cost) join.
 
 The table goes to stdout, the numbers to --output-json, and with --plot a PNG: max |dE/E0|
@@ -219,7 +219,8 @@ def evaluate(cfg: Config, *, stream: Optional[TextIO] | Literal["stdout"] = "std
     # A fixed step's cost is known in advance; the classical one's is 1/eta times that of a probe.
     eta_probe = learned_eta(checkpoint, cfg)
     sweeps = {"fixed-dt leapfrog": _sweep(fixed, span / (target - 1), record=False)}
-    classical_sweeps = [("eta criterion", "plain", "acceleration"), ("eta criterion, symmetric", "symmetric", "acceleration")]
+    classical_sweeps = [("eta criterion", "plain", "acceleration"),
+                        ("eta criterion, symmetric", "symmetric", "acceleration")]
     timescale = checkpoint["architecture"].get("timescale", "acceleration")
     if timescale != "acceleration":  # the learned factor's own starting point: what the training added
         classical_sweeps.append((f"eta x {timescale} time, symm.", "symmetric", timescale))
