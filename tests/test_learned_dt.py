@@ -146,6 +146,8 @@ def test_a_fresh_encounter_network_is_the_encounter_criterion_in_simulation(tmp_
     for key in ("t_final", "energy_error_max", "dt_min", "dt_max"):
         assert learned[key] == pytest.approx(classical["encounter"][key], rel=1e-9), key
     assert classical["encounter"]["t_final"] < 0.95 * classical["acceleration"]["t_final"]
+    with pytest.raises(ConfigError, match="measures its step in the encounter time"):
+        _records(_sim_config(tmp_path, integrator_mode="ml", model_path=checkpoint, timescale="acceleration", **common))
     # evaluate adds the learned step's own starting point, and keeps the eta criterion in the dynamical time.
     report = evaluate(_sim_config(tmp_path, model_path=checkpoint, Nperiod=0.25), stream=None)
     assert [row["method"] for row in report["rows"]][2:6] == ["fixed-dt leapfrog", "eta criterion",

@@ -189,7 +189,8 @@ def evaluate(cfg: Config, *, stream: Optional[TextIO] | Literal["stdout"] = "std
     if not bool(torch.isfinite(t_end).all()):
         raise ConfigError("--Nperiod needs a bound two-body system (or a case file); use --duration")
     mode = "history" if checkpoint["history_len"] else "ml"
-    learned_cfg = cfg.replace(integrator_mode=mode)
+    timescale = checkpoint["architecture"].get("timescale", "acceleration")
+    learned_cfg = cfg.replace(integrator_mode=mode, timescale=timescale)
     # A few untimed steps of each kind first, so that one-time costs (first calls into the
     # compiled module, allocator warm-up) do not land in the wall time per step of the first run.
     for warm, model in ((learned_cfg, checkpoint), (cfg.replace(integrator_mode="adaptive"), None),
@@ -221,7 +222,6 @@ def evaluate(cfg: Config, *, stream: Optional[TextIO] | Literal["stdout"] = "std
     sweeps = {"fixed-dt leapfrog": _sweep(fixed, span / (target - 1), record=False)}
     classical_sweeps = [("eta criterion", "plain", "acceleration"),
                         ("eta criterion, symmetric", "symmetric", "acceleration")]
-    timescale = checkpoint["architecture"].get("timescale", "acceleration")
     if timescale != "acceleration":  # the learned factor's own starting point: what the training added
         classical_sweeps.append((f"eta x {timescale} time, symm.", "symmetric", timescale))
     for name, rule_name, scale in classical_sweeps:

@@ -151,6 +151,10 @@ class Simulator:
                                   "--integrator-mode history")
             if self.model.scale_aware:  # training filled its windows with this step too
                 self.warmup_eta = self.model.eta_init
+            if "timescale" in cfg.explicit and cfg.timescale != self.model.timescale:
+                raise ConfigError(f"--timescale {cfg.timescale}: this model measures its step in the "
+                                  f"{self.model.timescale} time (fixed by training); leave --timescale out for "
+                                  f"--integrator-mode {cfg.integrator_mode}")
         self.physics = cfg.physics_kwargs()
         self.weights = substep_weights(cfg.integrator)
         rule = cfg.step_rule
