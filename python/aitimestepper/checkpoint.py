@@ -32,9 +32,9 @@ REQUIRED_KEYS = ("format_version", "epoch", "next_epoch", "model_state_dict", "o
 # ICs it was trained on): a resumed run keeps them, and the saved config must record them.
 FIXED_ON_RESUME = ("num_particles", "dim", "dtype", "history_len", "feature_type", "normalize_inputs", "norm_mode",
                    "norm_L0", "norm_V0", "norm_A0", "norm_T0", "hidden_dims", "activation", "dropout",
-                   "fourier_scale", "fourier_dim", "dt_param", "eta_init", "dt_min", "dt_max", "dt_factor_range", "timescale", "mass", "G",
-                   "softening", "external_field_mass", "external_field_position", "ic", "ic_path", "num_orbits", "seed",
-                   "e_min", "e_max", "a_min", "a_max", "pos_scale", "vel_scale")
+                   "fourier_scale", "fourier_dim", "dt_param", "eta_init", "dt_min", "dt_max", "dt_factor_range",
+                   "timescale", "mass", "G", "softening", "external_field_mass", "external_field_position", "ic",
+                   "ic_path", "num_orbits", "seed", "e_min", "e_max", "a_min", "a_max", "pos_scale", "vel_scale")
 # Saved settings that training or simulation read back.
 CONFIG_KEYS = FIXED_ON_RESUME + ("integrator",)
 ARCHITECTURE_SETTINGS = ("hidden_dims", "activation", "dropout", "fourier_scale", "fourier_dim", "dt_param",

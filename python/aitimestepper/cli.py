@@ -47,9 +47,9 @@ TRAINING = ("epochs", "duration", "lr", "weight_decay", "n_steps", "energy_thres
             "max_retrain_steps", "on_retrain_cap", "replay_steps", "replay_batch_size", "min_replay_size", "train_on",
             "replay_tolerance", "E_lower", "E_upper", "checkpoint_every", "resume", "wandb", "wandb_project",
             "wandb_name")
-SIMULATION = ("integrator_mode", "model_path", "dt", "eta", "timescale", "step_rule", "energy_error_bound", "steps", "duration",
-              "Nperiod", "step_cap", "output_json", "plot", "movie", "movie_dir", "movie_max_frames", "movie_fps",
-              "movie_dpi")
+SIMULATION = ("integrator_mode", "model_path", "dt", "eta", "timescale", "step_rule", "energy_error_bound", "steps",
+              "duration", "Nperiod", "step_cap", "output_json", "plot", "movie", "movie_dir", "movie_max_frames",
+              "movie_fps", "movie_dpi")
 EVALUATION = ("model_path", "eta", "step_rule", "energy_error_bound", "duration", "Nperiod", "step_cap",
               "output_json", "plot", "movie_dir", "movie_dpi")
 COMMAND_SETTINGS = {

@@ -8,8 +8,9 @@ criterion dt = eta * tau (eta spaced by sqrt(2), tau the dynamical time), plainl
 symmetrised. A model whose step is measured in another time scale (--timescale encounter) is
 also compared with eta times that time, symmetrised: the hand-made step its training started
 from. Each sweep's largest |dE/E0| over the run is interpolated in log-log to the learned run's
-evaluation count, so every row of the table is read at the same cost. With `rebound` installed, REBOUND's IAS15 (at its
-own cost: it sets the accuracy ceiling) and its leapfrog (at the learned run's cost) join.
+evaluation count, so every row of the table is read at the same cost. With `rebound` installed,
+REBOUND's IAS15 (at its own cost: it sets the accuracy ceiling) and its leapfrog (at the learned
+run's cost) join.
 
 The table goes to stdout, the numbers to --output-json, and with --plot a PNG: max |dE/E0|
 against force evaluations (one curve per sweep, the learned runs as points) beside dt against
