@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One device call on a GPU machine: build from source; the end-to-end phases of the main job
-# (tests/test_gpu_end_to_end.py: train, simulate, both, evaluate on CUDA; then
-# bench/bench_gpu_end_to_end.py: the issue-15 targets); with AITS_KERNELS=1 also the GPU tests
-# (the CUDA kernels' tests/test_cuda_kernels.py among them) and the GPU kernel benchmark; logs
-# and results under $OUT; the targets tables last.
+# (the loop's CUDA kernels' tests; tests/test_gpu_end_to_end.py: train, simulate, both,
+# evaluate on CUDA; then bench/bench_gpu_end_to_end.py: the issue-15 targets); with
+# AITS_KERNELS=1 also the GPU tests (the CUDA kernels' tests/test_cuda_kernels.py among them)
+# and the GPU kernel benchmark; logs and results under $OUT; the targets tables last.
 #
 #   on the device machine (run from the repository root):   bash bench/gpu_check.sh
 #   here, without a GPU (dry check: build a wheel into a temp dir, run the end-to-end tests and
@@ -175,6 +175,10 @@ print_build_info || FAILED=1
 #     forward + fused step, the single-system step against the forward with launch counts, the
 #     retrain iteration against forward + backward + Adam). Rows: $OUT/end_to_end.jsonl.
 if [[ "$E2E" == 1 ]]; then
+  # First the simulation loop's CUDA kernels (csrc/cuda/loop.cu) against their references: the
+  # end-to-end phases below run on them.
+  phase loop-tests "$(limit 90 400)" "$PYTHON" -m pytest -q tests/test_cuda_loop.py tests/test_features.py \
+    tests/test_ops_bound.py -k cuda -p no:cacheprovider || FAILED=1
   # With them, torchrun's nccl path on one rank (issue 14): train and simulate on cuda:0.
   phase e2e-tests "$(limit 200 200)" "$PYTHON" -m pytest -q tests/test_gpu_end_to_end.py tests/test_transfer.py \
     "tests/test_distributed.py::test_cuda_one_rank_on_nccl_computes_what_one_process_computes" -p no:cacheprovider \

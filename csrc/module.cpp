@@ -2,8 +2,9 @@
 // cpu_* (and, when compiled with CUDA, cuda_*) functions taking raw pointers (Python ints from
 // tensor.data_ptr()), sizes and a physics tuple, plus cpu_check_values (the value checks of
 // ops/validate.py in one compiled pass), cpu_state_features (the feature block of features.py),
-// cpu_carried_step (one in-place step carrying the acceleration, for the simulation loop),
-// build_info() and cuda_device_count().
+// cpu_carried_step (one in-place step carrying the acceleration, for the simulation loop), their
+// CUDA versions cuda_scaled_features, cuda_symmetric_step and cuda_carried_step (the last with
+// the energy after the step), build_info() and cuda_device_count().
 //
 // Tensor validation (dtype, device, shape, contiguity, finiteness) is the Python layer's job and
 // happens once there; these wrappers only refuse arguments that would make a kernel index out of
@@ -26,6 +27,9 @@
 #include "cpu/features.h"
 #include "cpu/mlp.h"
 #include "kernels.h"
+#ifdef AITS_HAVE_CUDA
+#include "cuda/loop.h"
+#endif
 
 namespace py = pybind11;
 
@@ -418,6 +422,60 @@ void cpu_carried_step(std::uintptr_t pos, std::uintptr_t vel, std::uintptr_t acc
                           static_cast<int>(integrator), p);
 }
 
+#ifdef AITS_HAVE_CUDA
+void* cuda_stream(std::uintptr_t stream) { return reinterpret_cast<void*>(stream); }
+
+// cpu_scaled_features on CUDA tensors, on `stream` (torch.cuda.current_stream().cuda_stream).
+void cuda_scaled_features(std::uintptr_t pos, std::uintptr_t vel, std::uintptr_t mass,
+                          std::uintptr_t acc, std::uintptr_t out, std::uintptr_t tau, int64_t B,
+                          int64_t N, int64_t D, double G, double softening, bool double_precision,
+                          bool flyby, std::uintptr_t stream) {
+  const aits::Shape s = to_shape(B, N, D);
+  if (s.B == 0) return;
+  if (N < 2) throw py::value_error("scaled features need N >= 2 bodies, got N=" + std::to_string(N));
+  require(pos, "pos");
+  require(vel, "vel");
+  require(mass, "mass");
+  require(acc, "acc");
+  require(tau, "tau");
+  py::gil_scoped_release nogil;
+  aits::cuda::scaled_features(double_precision, ptr(pos), ptr(vel), ptr(mass), ptr(acc),
+                              out == 0 ? nullptr : ptr(out), ptr(tau), s, G, softening, flyby,
+                              cuda_stream(stream));
+}
+
+// cpu_symmetric_step on CUDA tensors.
+void cuda_symmetric_step(std::uintptr_t f, std::uintptr_t rho, std::uintptr_t h, int64_t n,
+                         bool double_precision, std::uintptr_t stream) {
+  require(f, "f");
+  require(rho, "rho");
+  require(h, "h");
+  if (n <= 0) return;
+  py::gil_scoped_release nogil;
+  aits::cuda::symmetric_step(double_precision, ptr(f), ptr(rho), ptr(h), n, cuda_stream(stream));
+}
+
+// cpu_carried_step on CUDA tensors; energy (0: none) [B] receives T + U after the step.
+void cuda_carried_step(std::uintptr_t pos, std::uintptr_t vel, std::uintptr_t acc,
+                       std::uintptr_t mass, std::uintptr_t dt, std::uintptr_t energy, int64_t B,
+                       int64_t N, int64_t D, int64_t integrator, py::tuple physics,
+                       bool double_precision, std::uintptr_t stream) {
+  const aits::Shape s = to_shape(B, N, D);
+  const aits::Physics p = to_physics(physics);
+  check_steps(1, integrator);
+  if (empty(s)) return;
+  require(pos, "pos");
+  require(vel, "vel");
+  require(acc, "acc");
+  require(mass, "mass");
+  require(dt, "dt");
+  py::gil_scoped_release nogil;
+  aits::cuda::carried_step(double_precision, ptr(pos), ptr(vel), ptr(acc), ptr(mass), ptr(dt),
+                           energy == 0 ? nullptr : ptr(energy), s, static_cast<int>(integrator),
+                           p, cuda_stream(stream));
+}
+#endif
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -453,6 +511,21 @@ PYBIND11_MODULE(_core, m) {
         py::arg("double_precision"));
 #ifdef AITS_HAVE_CUDA
   bind_kernels<CudaKernels, std::uintptr_t>(m, "cuda_", CudaKernels{}, "stream");
+  m.def("cuda_scaled_features", &cuda_scaled_features,
+        "cpu_scaled_features for CUDA tensors, on `stream`.", py::arg("pos"), py::arg("vel"),
+        py::arg("mass"), py::arg("acc"), py::arg("out"), py::arg("tau"), py::arg("B"),
+        py::arg("N"), py::arg("D"), py::arg("G"), py::arg("softening"),
+        py::arg("double_precision"), py::arg("flyby"), py::arg("stream"));
+  m.attr("CUDA_SCALED_FEATURES_MAX_N") = aits::cuda::kScaledFeaturesMaxN;
+  m.def("cuda_symmetric_step", &cuda_symmetric_step,
+        "cpu_symmetric_step for CUDA tensors, on `stream`.", py::arg("f"), py::arg("rho"),
+        py::arg("h"), py::arg("n"), py::arg("double_precision"), py::arg("stream"));
+  m.def("cuda_carried_step", &cuda_carried_step,
+        "cpu_carried_step for CUDA tensors, on `stream`; energy (0: none) [B] receives the total "
+        "energy after the step.",
+        py::arg("pos"), py::arg("vel"), py::arg("acc"), py::arg("mass"), py::arg("dt"),
+        py::arg("energy"), py::arg("B"), py::arg("N"), py::arg("D"), py::arg("integrator"),
+        py::arg("physics"), py::arg("double_precision"), py::arg("stream"));
 #endif
   m.def("build_info", &build_info, "What this build of the compiled module contains.");
   m.def("cuda_device_count", &cuda_device_count,

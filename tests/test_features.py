@@ -10,7 +10,7 @@ from aitimestepper import features as features_module
 from aitimestepper import ops
 from aitimestepper.config import TIMESCALES
 from aitimestepper.features import Featurizer, Scales, auto_scales
-from conftest import assert_matches_reference, make_system
+from conftest import assert_matches_reference, device_for, make_system, require_backend
 
 # Masses 1 and 3 at x = -1 and x = +1: COM at x = 0.5, so r = (1.5, 0.5); velocities +3 and -1
 # in y: VCOM = 0, s = (3, 1); |a_0| = G m_1 / d^2 = 3/4, |a_1| = 1/4; one pair, d = 2.
@@ -108,16 +108,21 @@ def test_compiled_state_block_matches_the_reference(feature_type, N, D, batch, d
 
 
 @requires_compiled_features
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
 @pytest.mark.parametrize("timescale", TIMESCALES)
-@pytest.mark.parametrize("N, D, batch", [(2, 2, ()), (3, 3, (4,)), (7, 2, (3,)), (127, 3, (2,))])
-def test_compiled_scaled_block_and_tau_match_the_reference(N, D, batch, dtype, timescale):
-    """csrc/cpu/features.cpp's scaled block and step time against Featurizer.scaled_block and
-    physics.timescale.step_time, with softening and G != 1 (the block's tau column is the
-    dynamical time whatever the step's time scale)."""
+@pytest.mark.parametrize("N, D, batch", [(2, 2, ()), (3, 3, (4,)), (7, 2, (3,)), (32, 3, (2,)), (127, 3, (2,))])
+def test_compiled_scaled_block_and_tau_match_the_reference(N, D, batch, dtype, timescale, backend):
+    """csrc/cpu/features.cpp's (or csrc/cuda/loop.cu's) scaled block and step time against
+    Featurizer.scaled_block and physics.timescale.step_time, with softening and G != 1 (the
+    block's tau column is the dynamical time whatever the step's time scale). On CUDA up to
+    CUDA_SCALED_FEATURES_MAX_N bodies (test_cuda_loop.py checks what happens above)."""
     from aitimestepper.features import _BoundScaled
     from aitimestepper.physics.timescale import bind_step_time, step_time
 
-    system = make_system(N, D, batch or (1,), dtype=dtype, seed=N)
+    require_backend(backend)
+    if backend == "cuda" and N > features_module._core.CUDA_SCALED_FEATURES_MAX_N:
+        pytest.skip("above the CUDA kernel's size: the PyTorch formula (test_cuda_loop.py)")
+    system = make_system(N, D, batch or (1,), dtype=dtype, seed=N).to(device=device_for(backend))
     acc = ops.acceleration(system.pos, system.mass, softening=0.01, G=0.5)
     featurizer = Featurizer("scaled", 0, Scales(), softening=0.01, G=0.5)
     args = tuple(t.contiguous() for t in (system.pos, system.vel, system.mass, acc))

@@ -7,8 +7,8 @@ import torch
 from aitimestepper import ops
 from aitimestepper.errors import InputError
 from aitimestepper.physics.integrators import kick_drift_kick, substep_weights
-from conftest import (assert_matches_reference, device_for, make_system, skip_float32_in_interpreter,
-                      tidal_field)
+from conftest import (assert_matches_reference, device_for, make_system, require_backend,
+                      skip_float32_in_interpreter, tidal_field)
 
 
 @pytest.mark.parametrize("batch", [(), (3,), (2, 3)])
@@ -39,8 +39,10 @@ def _reference_step(pos, vel, acc, mass, dt, integrator, physics):
 
 
 @pytest.mark.parametrize("integrator", ["leapfrog", "yoshida4"])
-@pytest.mark.parametrize("N, D, B", [(2, 2, 1), (3, 3, 4), (70, 2, 2)])
+@pytest.mark.parametrize("N, D, B", [(2, 2, 1), (3, 3, 4), (8, 3, 3), (70, 2, 2)])
 def test_carried_step_matches_the_pytorch_substeps(any_backend, dtype, integrator, N, D, B):
+    """Three carried steps against the PyTorch substeps in float64, and the energy each step
+    reports (with_energy) against the reference's total energy of the same state."""
     skip_float32_in_interpreter(any_backend, dtype)
     device = device_for(any_backend)
     system = make_system(N, D, (B,), dtype=dtype, seed=N)
@@ -48,7 +50,8 @@ def test_carried_step_matches_the_pytorch_substeps(any_backend, dtype, integrato
     dt = torch.linspace(1e-3, 4e-3, B, dtype=dtype)
     pos, vel, mass = (t.to(device).clone() for t in (system.pos, system.vel, system.mass))
     acc = ops.acceleration(pos, mass, backend=any_backend, **physics).contiguous()
-    advance = ops.bind_carried_step(pos, vel, acc, mass, integrator=integrator, backend=any_backend, **physics)
+    advance = ops.bind_carried_step(pos, vel, acc, mass, integrator=integrator, backend=any_backend,
+                                    with_energy=True, **physics)
     oracle = list(t.double() for t in (system.pos, system.vel))
     oracle.append(ops.acceleration(oracle[0], system.mass.double(), backend="reference", **physics))
     ours32 = [t.clone() for t in (system.pos, system.vel)] if dtype == torch.float32 else None
@@ -61,24 +64,33 @@ def test_carried_step_matches_the_pytorch_substeps(any_backend, dtype, integrato
             ours32 = _reference_step(*ours32, system.mass, dt, integrator, physics)
     for name, ours, expected, own in zip(("pos", "vel", "acc"), (pos, vel, acc), oracle, ours32 or [None] * 3):
         assert_matches_reference(ours, expected, own, what=f"{any_backend} carried step {name}")
+    energy = ops.total_energy(*oracle[:2], system.mass.double(), backend="reference", **physics)
+    energy32 = None if ours32 is None else ops.total_energy(*ours32[:2], system.mass, backend="reference", **physics)
+    assert advance.energy.shape == (B,)
+    assert_matches_reference(advance.energy, energy, energy32, what=f"{any_backend} carried step energy")
 
 
-def test_carried_step_on_the_cpu_is_the_fused_step_kernels_step(dtype):
-    """Same substep arithmetic as aits::cpu::step: a carried step is bitwise one fused step."""
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+def test_carried_step_on_a_compiled_backend_is_the_fused_step_kernels_step(backend, dtype):
+    """Same substep arithmetic as the backend's fused step (aits::cpu::step; on CUDA the
+    one-thread-per-system step_kernel): a carried step is bitwise one fused step."""
+    require_backend(backend)
+    device = device_for(backend)
     for integrator in ("leapfrog", "yoshida4"):
-        system = make_system(4, 3, (5,), dtype=dtype, seed=3)
-        dt = torch.linspace(1e-3, 3e-3, 5, dtype=dtype)
+        system = make_system(4, 3, (5,), dtype=dtype, seed=3).to(device=device)
+        dt = torch.linspace(1e-3, 3e-3, 5, dtype=dtype, device=device)
         pos, vel = system.pos.clone(), system.vel.clone()
-        acc = ops.acceleration(pos, system.mass, softening=0.01, backend="cpu")
+        acc = ops.acceleration(pos, system.mass, softening=0.01, backend=backend)
         advance = ops.bind_carried_step(pos, vel, acc, system.mass, integrator=integrator, softening=0.01,
-                                        backend="cpu")
+                                        backend=backend)
         expected_pos, expected_vel = system.pos, system.vel
         for _ in range(4):
             advance(dt)
             expected_pos, expected_vel = ops.step(expected_pos, expected_vel, system.mass, dt, steps=1,
-                                                  integrator=integrator, softening=0.01, backend="cpu")
+                                                  integrator=integrator, softening=0.01, backend=backend)
             assert torch.equal(pos, expected_pos) and torch.equal(vel, expected_vel), integrator
-        assert torch.equal(acc, ops.acceleration(pos, system.mass, softening=0.01, backend="cpu"))
+        assert torch.equal(acc, ops.acceleration(pos, system.mass, softening=0.01, backend=backend))
+        assert advance.energy is None  # not asked for
 
 
 def test_carried_step_on_the_reference_backend_is_the_pytorch_substep_bitwise():

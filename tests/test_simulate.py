@@ -134,7 +134,7 @@ def test_ml_loop_matches_the_pytorch_features_and_substeps(checkpoints, tmp_path
         assert a["steps"] == b["steps"] and a["force_evaluations"] == b["force_evaluations"] == 41
 
 
-def _pytorch_carried_step(pos, vel, acc, mass, *, integrator, **physics):
+def _pytorch_carried_step(pos, vel, acc, mass, *, integrator, with_energy=False, **physics):
     from aitimestepper.physics.integrators import kick_drift_kick, substep_weights
 
     def advance(dt):
@@ -143,6 +143,7 @@ def _pytorch_carried_step(pos, vel, acc, mass, *, integrator, **physics):
             h = (dt if c == 1.0 else c * dt).view(-1, 1, 1)
             x, v, a = kick_drift_kick(x, v, a, h, lambda y: ops.acceleration(y, mass, **physics))
         pos.copy_(x), vel.copy_(v), acc.copy_(a)
+        advance.energy = ops.total_energy(pos, vel, mass, **physics) if with_energy else None
 
     return advance
 

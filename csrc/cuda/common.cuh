@@ -208,6 +208,10 @@ struct Small {
                             const T* grad_vel, T* out_gpos, T* out_gvel, T* out_gdt, int64_t B,
                             int64_t N, int64_t steps, Integrator integ, const Params<T>& p,
                             cudaStream_t s);
+  // One step in place carrying the acceleration (loop.h carried_step); energy may be null.
+  static bool carried_step(T* pos, T* vel, T* acc, const T* mass, const T* dt, T* energy,
+                           int64_t B, int64_t N, Integrator integ, const Params<T>& p,
+                           cudaStream_t s);
 };
 
 // grouped.cu: any N <= Grouped::kMaxN.

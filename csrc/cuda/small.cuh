@@ -447,6 +447,65 @@ __global__ void __launch_bounds__(kThreads)
   Values::write(smem, out_vel, blk, v);
 }
 
+// One step in place with the acceleration carried in and out (the simulation loop's step): the
+// substeps of step_kernel from the stored a(x) instead of a fresh evaluation, then, with
+// `energy`, T + U of the new state (kinetic as reference.kinetic_energy sums it).
+template <typename T, int N, int D, bool Vector>
+__global__ void __launch_bounds__(kThreads)
+    carried_step_kernel(T* pos, T* vel, T* acc, const T* mass, const T* dt, T* energy, int64_t B,
+                        int integrator, Params<T> p) {
+  constexpr int ND = N * D;
+  using Values = Slab<T, ND, Vector>;  // [N, D] per system
+  using Masses = Slab<T, N, Vector>;
+  __shared__ __align__(16) T smem[slab_words<T, ND, N, Vector>()];
+  const Block blk(B);
+  T x[ND], v[ND], m[N], a[ND];
+  T dtb;
+  {
+    Values sx, sv, sa;
+    Masses sm;
+    sx.load(pos, blk);
+    sv.load(vel, blk);
+    sa.load(acc, blk);
+    sm.load(mass, blk);
+    dtb = blk.active() ? dt[blk.b0 + threadIdx.x] : T(0);
+    sx.to_system(smem, x);
+    sv.to_system(smem, v);
+    sa.to_system(smem, a);
+    sm.to_system(smem, m);
+  }
+  const Integrator integ = static_cast<Integrator>(integrator);
+  const T h_outer = substep_h<T>(integ, 0, dtb);
+  const T h_mid = substep_h<T>(integ, 1, dtb);
+  for (int sub = 0; sub < substeps_per_step(integ); ++sub) {
+    const T h = sub == 1 ? h_mid : h_outer;
+    const T half = T(0.5) * h;
+#pragma unroll
+    for (int e = 0; e < ND; ++e) {
+      v[e] = kick(v[e], half, a[e]);
+      x[e] = drift(x[e], h, v[e]);
+    }
+    system_acceleration<T, N, D>(x, m, p, a);
+#pragma unroll
+    for (int e = 0; e < ND; ++e) v[e] = kick(v[e], half, a[e]);
+  }
+  Values::write(smem, pos, blk, x);
+  Values::write(smem, vel, blk, v);
+  Values::write(smem, acc, blk, a);
+  if (energy != nullptr) {
+    T kinetic = T(0);
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      T speed2 = T(0);
+#pragma unroll
+      for (int c = 0; c < D; ++c) speed2 += v[i * D + c] * v[i * D + c];
+      kinetic += m[i] * speed2;
+    }
+    const T total = T(0.5) * kinetic + system_potential<T, N, D>(x, m, p);
+    if (blk.active()) energy[blk.b0 + threadIdx.x] = total;
+  }
+}
+
 // The adjoint loop of docs/kernel-contract.md, one system per thread.
 template <typename T, int N, int D, bool Vector>
 __global__ void __launch_bounds__(kThreads)
@@ -664,6 +723,20 @@ bool Small<T, D>::step_backward(const T* traj, const T* mass, const T* dt, const
                                                             int(integ), p);
     });
     check_launch("small step_backward_kernel");
+  });
+}
+
+template <typename T, int D>
+bool Small<T, D>::carried_step(T* pos, T* vel, T* acc, const T* mass, const T* dt, T* energy,
+                               int64_t B, int64_t N, Integrator integ, const Params<T>& p,
+                               cudaStream_t s) {
+  return small::with_n<small_max_n<T>()>(N, [&](auto n) {
+    small::with_io(small::vector_io<T>(B, N, D, nullptr, pos, vel, acc, mass), [&](auto io) {
+      small::carried_step_kernel<T, decltype(n)::value, D, decltype(io)::value>
+          <<<small::blocks_for(B), small::kThreads, 0, s>>>(pos, vel, acc, mass, dt, energy, B,
+                                                            int(integ), p);
+    });
+    check_launch("small carried_step_kernel");
   });
 }
 

@@ -39,6 +39,9 @@ def cpu_carried_step(
 ) -> None:
     """One step in place on pos, vel, acc [B,N,D], carrying the acceleration (acc = a(pos))."""
 
+def cpu_symmetric_step(f: int, rho: int, h: int, n: int, double_precision: bool) -> None:
+    """The symmetric step rule of simulate.py: h[n] from f[n] and rho[n] = 1/previous h (in place)."""
+
 def cpu_check_values(
     pos: int, vel: int, mass: int, dt: int, B: int, N: int, D: int, check_coincident: bool,
     double_precision: bool,
@@ -105,3 +108,21 @@ def cuda_step_backward(
     physics: tuple[float, ...], double_precision: bool, stream: int,
 ) -> None:
     """Adjoint of step over its trajectory: out_grad_pos, out_grad_vel [B,N,D], out_grad_dt [B]."""
+
+CUDA_SCALED_FEATURES_MAX_N: int
+
+def cuda_scaled_features(
+    pos: int, vel: int, mass: int, acc: int, out: int, tau: int, B: int, N: int, D: int, G: float,
+    softening: float, double_precision: bool, flyby: bool, stream: int,
+) -> None:
+    """cpu_scaled_features for CUDA tensors, on `stream`."""
+
+def cuda_symmetric_step(f: int, rho: int, h: int, n: int, double_precision: bool, stream: int) -> None:
+    """cpu_symmetric_step for CUDA tensors, on `stream`."""
+
+def cuda_carried_step(
+    pos: int, vel: int, acc: int, mass: int, dt: int, energy: int, B: int, N: int, D: int,
+    integrator: int, physics: tuple[float, ...], double_precision: bool, stream: int,
+) -> None:
+    """cpu_carried_step for CUDA tensors, on `stream`; energy (0: none) [B] receives the total
+    energy after the step."""

@@ -14,9 +14,10 @@ never NaN, and the blocks are read as views, oldest first.
 Each state block has one formula in PyTorch (`Featurizer.state_block_reference` for basic and
 rich, `Featurizer.scaled_block` for scaled; any device, with autograd). On CPU tensors that need
 no gradient the same block comes from one compiled call (csrc/cpu/features.cpp; for scaled
-together with the dynamical time tau), tested against that reference: the simulation computes
-it every step, where the ~23 torch calls of a formula cost more at batch 1 than everything else
-but the network.
+together with the step time tau), and so does the scaled block on CUDA tensors of up to 32
+bodies (csrc/cuda/loop.cu), each tested against that reference: the simulation computes it every
+step, where the ~23 torch calls of a formula (~55 kernels on a GPU) cost more at batch 1 than
+everything else but the network.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .ops.backends import _core
+from .ops.backends import _core, cuda_kernels_usable
 from .physics.timescale import dynamical_time, step_time
 from .transfer import to_device
 from .ops.custom import _is_plain_eager
@@ -146,22 +147,33 @@ def _shift_in(buffer: torch.Tensor, index, new: torch.Tensor) -> None:
 
 _HAS_COMPILED_FEATURES = _core is not None and hasattr(_core, "cpu_state_features")
 _HAS_COMPILED_SCALED = _core is not None and hasattr(_core, "cpu_scaled_features")
+_HAS_CUDA_SCALED = _core is not None and hasattr(_core, "cuda_scaled_features")
 
 
 def compiled_scaled_applies(pos, vel, mass, acc) -> bool:
-    """True when csrc/cpu/features.cpp can compute the scaled block and tau of these tensors."""
+    """True when a compiled kernel computes the scaled block and tau of these tensors: on the
+    CPU csrc/cpu/features.cpp, on CUDA csrc/cuda/loop.cu for up to CUDA_SCALED_FEATURES_MAX_N
+    bodies (one thread per system: larger systems take the PyTorch formula on the device)."""
+    if pos.is_cuda:
+        return _HAS_CUDA_SCALED and pos.shape[-2] <= _core.CUDA_SCALED_FEATURES_MAX_N \
+            and _compiled_applies(pos, vel, mass, acc, device=pos.device) and cuda_kernels_usable()
     return _HAS_COMPILED_SCALED and _compiled_applies(pos, vel, mass, acc)
 
 
-def _compiled_applies(pos, vel, mass, acc) -> bool:
-    """True when csrc/cpu/features.cpp can compute the state block of these tensors: CPU,
-    float32/64, one dtype, [B, N, D] (mass [B, N]) with N >= 2, no gradient wanted, plain eager.
-    Written for speed (it runs every simulated step): dtypes are singletons, `is_cpu` is cheap."""
+def _compiled_applies(pos, vel, mass, acc, device: Optional[torch.device] = None) -> bool:
+    """True when csrc/cpu/features.cpp can compute the state block of these tensors: CPU (or,
+    with `device`, all four on that device), float32/64, one dtype, [B, N, D] (mass [B, N]) with
+    N >= 2, no gradient wanted, plain eager. Written for speed (it runs every simulated step):
+    dtypes are singletons, `is_cpu` is cheap."""
     dtype = pos.dtype
     if not (_HAS_COMPILED_FEATURES and (dtype is torch.float64 or dtype is torch.float32)):
         return False
-    if not (vel.dtype is dtype and mass.dtype is dtype and acc.dtype is dtype
-            and pos.is_cpu and vel.is_cpu and mass.is_cpu and acc.is_cpu):
+    if not (vel.dtype is dtype and mass.dtype is dtype and acc.dtype is dtype):
+        return False
+    if device is None:
+        if not (pos.is_cpu and vel.is_cpu and mass.is_cpu and acc.is_cpu):
+            return False
+    elif not (pos.device == device and vel.device == device and mass.device == device and acc.device == device):
         return False
     shape = pos.shape
     if len(shape) != 3 or shape[1] < 2 or vel.shape != shape or acc.shape != shape or mass.shape != shape[:2]:
@@ -169,6 +181,16 @@ def _compiled_applies(pos, vel, mass, acc) -> bool:
     if torch.is_grad_enabled() and (pos.requires_grad or vel.requires_grad or mass.requires_grad or acc.requires_grad):
         return False  # the reference carries the gradient
     return _is_plain_eager([pos, vel, mass, acc])
+
+
+def scaled_kernel(pos: torch.Tensor, arguments: tuple) -> None:
+    """Run the compiled scaled-features kernel of pos's device (see compiled_scaled_applies) on
+    `arguments`, cpu_scaled_features's; on CUDA on the current stream, read at each call (a CUDA
+    graph captures from its own stream)."""
+    if pos.is_cuda:
+        _core.cuda_scaled_features(*arguments, torch.cuda.current_stream(pos.device).cuda_stream)
+    else:
+        _core.cpu_scaled_features(*arguments)
 
 
 class Featurizer:
@@ -377,7 +399,8 @@ class _BoundReference:
 
 
 class _BoundScaled:
-    """Featurizer.bind's function for the scaled block: block and tau from one compiled call."""
+    """Featurizer.bind's function for the scaled block: block and tau from one compiled call (on
+    the CPU or on CUDA)."""
 
     def __init__(self, featurizer: Featurizer, pos, vel, mass, acc, timescale: str = "acceleration") -> None:
         B, N, D = pos.shape
@@ -391,7 +414,7 @@ class _BoundScaled:
 
     def block(self) -> torch.Tensor:
         out = self.buffers[0].new_empty(self.shape)
-        _core.cpu_scaled_features(*self.args, out.data_ptr(), self.tau.data_ptr(), *self.sizes)
+        scaled_kernel(self.buffers[0], (*self.args, out.data_ptr(), self.tau.data_ptr(), *self.sizes))
         return out
 
     def __call__(self, history: Optional[History]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,8 +13,9 @@ The loop carries the acceleration from the end of one step to the start of the n
 leapfrog step costs one force evaluation however dt changes between steps (ops.step, called
 per step, would recompute it at the start of every call), and the learned modes read their
 features off the same acceleration. Its state lives in buffers advanced in place by
-ops.bind_carried_step (one compiled call per step on the cpu backend), and the features of the
-state are one compiled call too (features.py): at batch 1 every torch call costs microseconds,
+ops.bind_carried_step (one compiled call per step on the cpu and cuda backends, on CUDA with the
+energy after the step), and the features of the state and the step rule are one compiled call
+each too (features.py, SymmetricSteps): at batch 1 every torch call costs microseconds,
 and a step is then little more than the network's forward. Every loop stops at --step-cap, and
 the energy error is measured after every step (the largest is reported as energy_error_max: a
 run can end near its starting energy after passing through far larger errors).
@@ -46,7 +47,7 @@ from .errors import ConfigError
 from .guards import check_outputs
 from .initial_conditions import Systems, kepler_period, make_systems
 from .physics.integrators import substep_weights
-from .ops.backends import _core
+from .ops.backends import _core, cuda_kernels_usable
 from .physics.timescale import bind_step_time, dynamical_time, step_time
 
 # System settings a checkpoint supplies unless the user gives them explicitly.
@@ -55,6 +56,7 @@ INHERITED_FROM_CHECKPOINT = ("num_particles", "dim", "mass", "G", "softening", "
                              "pos_scale", "vel_scale")
 CHUNK = 1024  # steps per dt-statistics flush
 _COMPILED_RULE = _core is not None and hasattr(_core, "cpu_symmetric_step")
+_CUDA_RULE = _core is not None and hasattr(_core, "cuda_symmetric_step")
 CHECK_EVERY = 16  # steps between host checks of "all systems finished" in time-limited runs
 
 
@@ -118,11 +120,16 @@ class SymmetricSteps:
         if self.rho is None:
             self.rho = f.reciprocal()
             return f
-        if _COMPILED_RULE and f.is_cpu and f.dim() == 1 and f.is_contiguous() and f.dtype is self.rho.dtype \
+        compiled = _COMPILED_RULE if f.is_cpu else _CUDA_RULE and f.is_cuda and cuda_kernels_usable()
+        if compiled and f.dim() == 1 and f.is_contiguous() and f.dtype is self.rho.dtype \
                 and f.dtype in (torch.float32, torch.float64) and self.rho.is_contiguous() and not f.requires_grad:
-            h = torch.empty_like(f)  # one compiled call (csrc/cpu/mlp.cpp) of the formula below
-            _core.cpu_symmetric_step(f.data_ptr(), self.rho.data_ptr(), h.data_ptr(), f.shape[0],
-                                     f.dtype is torch.float64)
+            # One compiled call (csrc/cpu/mlp.cpp, csrc/cuda/loop.cu) of the formula below.
+            h = torch.empty_like(f)
+            arguments = (f.data_ptr(), self.rho.data_ptr(), h.data_ptr(), f.shape[0], f.dtype is torch.float64)
+            if f.is_cpu:
+                _core.cpu_symmetric_step(*arguments)
+            else:
+                _core.cuda_symmetric_step(*arguments, torch.cuda.current_stream(f.device).cuda_stream)
             return h
         inverse = f.reciprocal()
         rho = torch.add(inverse, inverse - self.rho)  # 2/f - 1/h_prev
@@ -311,7 +318,8 @@ class _Loop:
         self.mask = False  # dt = 0 for stopped systems at every step (else only once one has stopped)
         self.h = self.dt = self._block = None
         # Checked once here, then one call per step (one compiled call on the cpu backend).
-        self.advance = ops.bind_carried_step(pos, vel, acc, mass, integrator=cfg.integrator, **physics)
+        self.advance = ops.bind_carried_step(pos, vel, acc, mass, integrator=cfg.integrator, with_energy=True,
+                                             **physics)
         self.features = featurizer.bind(pos, vel, mass, acc, self.model.timescale) if featurizer is not None else None
         self.tau = bind_step_time(pos, vel, mass, acc, cfg.G, cfg.softening, cfg.timescale) \
             if self.features is None else None
@@ -331,10 +339,9 @@ class _Loop:
         dt = self.stats.log(dt, shortened=None if t_end is None else dt < h)  # non-finite dt becomes 0
         if self.history is not None:
             self.history.push(None, self._block, self.pos, self.vel, self.acc, dt)
-        self.advance(dt)  # pos, vel, acc in place
+        self.advance(dt)  # pos, vel, acc in place, and the energy after the step
         t.add_(dt)
-        energy = ops.total_energy(self.pos, self.vel, self.mass, **self.physics)
-        torch.maximum(self.deviation_max, (energy - self.energy0).abs(), out=self.deviation_max)
+        torch.maximum(self.deviation_max, (self.advance.energy - self.energy0).abs(), out=self.deviation_max)
         self.h, self.dt = h, dt
 
     def _f(self, warming: bool) -> torch.Tensor:

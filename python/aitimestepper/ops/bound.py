@@ -71,17 +71,21 @@ def bind_carried_step(
     softening: float = 0.0,
     field: Optional[TidalField] = None,
     backend: str = "auto",
+    with_energy: bool = False,
 ) -> Callable[[torch.Tensor], None]:
     """`advance(dt)`: one step of size dt (per system, shape [...]) applied in place to the buffers
-    pos, vel and acc [..., N, D], carrying the acceleration from step to step.
+    pos, vel and acc [..., N, D], carrying the acceleration from step to step. With
+    `with_energy`, `advance.energy` [...] holds total_energy of the state after each call (a
+    buffer every call overwrites; the `cuda` backend computes it inside the step's kernel).
 
     acc must hold acceleration(pos) when bound (bind_acceleration gives it) and holds it after
     every call, so a step costs one force evaluation per substep, where `step` opens each call
     with one more: this is for loops whose dt changes every step. The arguments are checked
     once, here (the buffers contiguous, of one shape, dtype and device, none requiring grad:
     this is not differentiable); each call checks dt's shape, dtype and device, not its values.
-    The `cpu` backend runs one compiled call (csrc/cpu/carried_step.cpp); the others run
-    physics.integrators.kick_drift_kick and copy the result into the buffers.
+    The `cpu` and `cuda` backends run one compiled call (csrc/cpu/carried_step.cpp,
+    csrc/cuda/loop.cu); the others run physics.integrators.kick_drift_kick and copy the result
+    into the buffers.
     """
     integrator_index = check_integrator(integrator)
     batch = prepare(pos, mass, vel=vel, G=G, softening=softening, field=field, need_vel=True)
@@ -98,24 +102,30 @@ def bind_carried_step(
                              "differentiable; use step() for gradients")
     if len({pos.data_ptr(), vel.data_ptr(), acc.data_ptr()}) < 3:
         raise InputError("pos, vel and acc must be three different buffers")
-    return _CarriedStep(pos, vel, acc, batch, integrator, integrator_index, name, G, softening, field)
+    return _CarriedStep(pos, vel, acc, batch, integrator, integrator_index, name, G, softening, field, with_energy)
 
 
 class _CarriedStep:
     """The function bind_carried_step returns; it holds the buffers its kernel writes through."""
 
     def __init__(self, pos, vel, acc, batch, integrator: str, integrator_index: int, backend: str, G: float,
-                 softening: float, field: Optional[TidalField]) -> None:
+                 softening: float, field: Optional[TidalField], with_energy: bool) -> None:
         self.batch_shape, self.dtype, self.device = batch.batch_shape, pos.dtype, pos.device
         B, N, D = self.flat = batch.pos.shape
         self.buffers = tuple(t.view(self.flat) for t in (pos, vel, acc))
         self.mass = batch.mass
+        self.backend, self.physics = backend, batch.physics
+        self.physics_kwargs = {"G": G, "softening": softening, "field": field}
         # For dt that is not already a [...] tensor of the buffers' dtype and device: prepare()
         # broadcasts and checks it against the batch as `step` would.
-        self.shaped = (pos, batch.mass.view(*self.batch_shape, N), {"G": G, "softening": softening, "field": field})
-        self.compiled = backend == "cpu" and hasattr(_core, "cpu_carried_step")
-        if self.compiled:
+        self.shaped = (pos, batch.mass.view(*self.batch_shape, N), self.physics_kwargs)
+        self.energy = pos.new_empty(self.batch_shape) if with_energy else None
+        self.kernel = None  # the compiled step: _core.cpu_carried_step or cuda_carried_step
+        if backend in ("cpu", "cuda") and hasattr(_core, backend + "_carried_step"):
+            self.kernel = getattr(_core, backend + "_carried_step")
             self.pointers = tuple(t.data_ptr() for t in (*self.buffers, self.mass))
+            if backend == "cuda":  # the energy comes out of the step's kernel
+                self.pointers += (0 if self.energy is None else self.energy.data_ptr(),)
             self.sizes = (B, N, D, integrator_index, tuple(batch.physics), pos.dtype == torch.float64)
         else:
             self.force = bind_acceleration(self.buffers[0], self.mass, G=G, softening=softening, field=field,
@@ -139,15 +149,28 @@ class _CarriedStep:
 
     def __call__(self, dt) -> None:
         dt = self._dt(dt)
-        if self.compiled:
-            _core.cpu_carried_step(*self.pointers, dt.data_ptr(), *self.sizes)
+        if self.backend == "cuda" and self.kernel is not None:
+            self.kernel(*self.pointers[:4], dt.data_ptr(), self.pointers[4], *self.sizes,
+                        torch.cuda.current_stream(self.device).cuda_stream)
             return
-        pos, vel, acc = self.buffers
-        h_step = dt.view(-1, 1, 1)
-        new_pos, new_vel, new_acc = pos, vel, acc
-        for c in self.weights:
-            h = h_step if c == 1.0 else c * h_step
-            new_pos, new_vel, new_acc = kick_drift_kick(new_pos, new_vel, new_acc, h, self.force)
-        pos.copy_(new_pos)
-        vel.copy_(new_vel)
-        acc.copy_(new_acc)
+        if self.kernel is not None:
+            self.kernel(*self.pointers, dt.data_ptr(), *self.sizes)
+        else:
+            pos, vel, acc = self.buffers
+            h_step = dt.view(-1, 1, 1)
+            new_pos, new_vel, new_acc = pos, vel, acc
+            for c in self.weights:
+                h = h_step if c == 1.0 else c * h_step
+                new_pos, new_vel, new_acc = kick_drift_kick(new_pos, new_vel, new_acc, h, self.force)
+            pos.copy_(new_pos)
+            vel.copy_(new_vel)
+            acc.copy_(new_acc)
+        if self.energy is not None:
+            self.energy.view(-1).copy_(self._total_energy())
+
+    def _total_energy(self) -> torch.Tensor:
+        """total_energy of the buffers, [B], as the public op computes it for this backend."""
+        pos, vel, _ = self.buffers
+        if self.backend == "reference":
+            return reference.total_energy(pos, vel, self.mass, **self.physics_kwargs)
+        return custom.total_energy(pos, vel, self.mass, self.physics, self.backend)

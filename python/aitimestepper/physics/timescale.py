@@ -65,15 +65,17 @@ def eta_criterion(pos: torch.Tensor, acc: torch.Tensor, eta: float) -> torch.Ten
 class _BoundStepTime:
     """bind_step_time's function for the compiled kernel (the time only: no feature block)."""
 
-    def __init__(self, core, pos, vel, mass, acc, G: float, softening: float, timescale: str) -> None:
+    def __init__(self, pos, vel, mass, acc, G: float, softening: float, timescale: str) -> None:
+        from ..features import scaled_kernel
+
         B, N, D = pos.shape
-        self.core = core
+        self.run, self.pos = scaled_kernel, pos
         self.out = pos.new_empty(B)
         self.args = (pos.data_ptr(), vel.data_ptr(), mass.data_ptr(), acc.data_ptr(), 0, self.out.data_ptr(),
                      B, N, D, G, softening, pos.dtype == torch.float64, timescale == "encounter")
 
     def __call__(self) -> torch.Tensor:
-        self.core.cpu_scaled_features(*self.args)
+        self.run(self.pos, self.args)
         return self.out
 
 
@@ -81,11 +83,10 @@ def bind_step_time(pos: torch.Tensor, vel: torch.Tensor, mass: torch.Tensor, acc
                    G: float = 1.0, softening: float = 0.0, timescale: str = "acceleration"):
     """`t()`, step_time(pos, vel, acc, timescale), of state buffers [B, N, D] that the caller
     advances in place (the simulation loop): one compiled call where it applies (CPU,
-    float32/64, contiguous), else the PyTorch formula. The returned tensor is a buffer that the
-    next call overwrites."""
+    float32/64, contiguous; on CUDA up to 32 bodies), else the PyTorch formula. The returned
+    tensor is a buffer that the next call overwrites."""
     from ..features import compiled_scaled_applies
-    from ..ops.backends import _core
 
     if compiled_scaled_applies(pos, vel, mass, acc) and all(t.is_contiguous() for t in (pos, vel, mass, acc)):
-        return _BoundStepTime(_core, pos, vel, mass, acc, G, softening, timescale)
+        return _BoundStepTime(pos, vel, mass, acc, G, softening, timescale)
     return lambda: step_time(pos, vel, acc, timescale)
