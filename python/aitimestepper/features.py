@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .ops.backends import _core, cuda_kernels_usable
+from .ops.backends import _core, call_cuda, cuda_kernels_usable
 from .physics.timescale import dynamical_time, step_time
 from .transfer import to_device
 from .ops.custom import _is_plain_eager
@@ -185,10 +185,9 @@ def _compiled_applies(pos, vel, mass, acc, device: Optional[torch.device] = None
 
 def scaled_kernel(pos: torch.Tensor, arguments: tuple) -> None:
     """Run the compiled scaled-features kernel of pos's device (see compiled_scaled_applies) on
-    `arguments`, cpu_scaled_features's; on CUDA on the current stream, read at each call (a CUDA
-    graph captures from its own stream)."""
+    `arguments`, cpu_scaled_features's (on CUDA on the current stream)."""
     if pos.is_cuda:
-        _core.cuda_scaled_features(*arguments, torch.cuda.current_stream(pos.device).cuda_stream)
+        call_cuda(_core.cuda_scaled_features, pos.device, *arguments)
     else:
         _core.cpu_scaled_features(*arguments)
 

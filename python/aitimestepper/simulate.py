@@ -47,7 +47,7 @@ from .errors import ConfigError
 from .guards import check_outputs
 from .initial_conditions import Systems, kepler_period, make_systems
 from .physics.integrators import substep_weights
-from .ops.backends import _core, cuda_kernels_usable
+from .ops.backends import _core, call_cuda, cuda_kernels_usable
 from .physics.timescale import bind_step_time, dynamical_time, step_time
 
 # System settings a checkpoint supplies unless the user gives them explicitly.
@@ -129,7 +129,7 @@ class SymmetricSteps:
             if f.is_cpu:
                 _core.cpu_symmetric_step(*arguments)
             else:
-                _core.cuda_symmetric_step(*arguments, torch.cuda.current_stream(f.device).cuda_stream)
+                call_cuda(_core.cuda_symmetric_step, f.device, *arguments)
             return h
         inverse = f.reciprocal()
         rho = torch.add(inverse, inverse - self.rho)  # 2/f - 1/h_prev

@@ -71,6 +71,16 @@ class CompiledBackend:
                    tuple(physics), grad_pos.dtype == torch.float64)
 
 
+def call_cuda(function, device: torch.device, *args: object) -> None:
+    """Call a `_core.cuda_*` function with torch's current stream of `device` as its last argument
+    (read at each call: a CUDA graph captures from its own stream), with `device` current."""
+    if device.index != torch.cuda.current_device():
+        with torch.cuda.device(device):
+            function(*args, torch.cuda.current_stream(device).cuda_stream)
+    else:
+        function(*args, torch.cuda.current_stream(device).cuda_stream)
+
+
 def _triton_importable() -> bool:
     try:
         import triton  # noqa: F401

@@ -14,7 +14,7 @@ from ..physics.field import TidalField
 from ..physics.integrators import kick_drift_kick, substep_weights
 from . import custom, reference
 from ._api import _backend_for, acceleration
-from .backends import _core
+from .backends import _core, call_cuda
 from .validate import _describe, check_integrator, prepare
 
 
@@ -150,8 +150,7 @@ class _CarriedStep:
     def __call__(self, dt) -> None:
         dt = self._dt(dt)
         if self.backend == "cuda" and self.kernel is not None:
-            self.kernel(*self.pointers[:4], dt.data_ptr(), self.pointers[4], *self.sizes,
-                        torch.cuda.current_stream(self.device).cuda_stream)
+            call_cuda(self.kernel, self.device, *self.pointers[:4], dt.data_ptr(), self.pointers[4], *self.sizes)
             return
         if self.kernel is not None:
             self.kernel(*self.pointers, dt.data_ptr(), *self.sizes)
