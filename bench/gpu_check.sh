@@ -177,7 +177,7 @@ print_build_info || FAILED=1
 if [[ "$E2E" == 1 ]]; then
   # First the simulation loop's CUDA kernels (csrc/cuda/loop.cu) against their references: the
   # end-to-end phases below run on them.
-  phase loop-tests "$(limit 90 400)" "$PYTHON" -m pytest -q tests/test_cuda_loop.py tests/test_features.py \
+  phase loop-tests "$(limit 60 300)" "$PYTHON" -m pytest -q tests/test_cuda_loop.py tests/test_features.py \
     tests/test_ops_bound.py -k cuda -p no:cacheprovider || FAILED=1
   # With them, torchrun's nccl path on one rank (issue 14): train and simulate on cuda:0.
   phase e2e-tests "$(limit 200 200)" "$PYTHON" -m pytest -q tests/test_gpu_end_to_end.py tests/test_transfer.py \

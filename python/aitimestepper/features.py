@@ -155,8 +155,8 @@ def compiled_scaled_applies(pos, vel, mass, acc) -> bool:
     CPU csrc/cpu/features.cpp, on CUDA csrc/cuda/loop.cu for up to CUDA_SCALED_FEATURES_MAX_N
     bodies (one thread per system: larger systems take the PyTorch formula on the device)."""
     if pos.is_cuda:
-        return _HAS_CUDA_SCALED and pos.shape[-2] <= _core.CUDA_SCALED_FEATURES_MAX_N \
-            and _compiled_applies(pos, vel, mass, acc, device=pos.device) and cuda_kernels_usable()
+        return _HAS_CUDA_SCALED and _compiled_applies(pos, vel, mass, acc, device=pos.device) \
+            and pos.shape[1] <= _core.CUDA_SCALED_FEATURES_MAX_N and cuda_kernels_usable()
     return _HAS_COMPILED_SCALED and _compiled_applies(pos, vel, mass, acc)
 
 
