@@ -345,20 +345,47 @@ void cpu_state_features(std::uintptr_t pos, std::uintptr_t vel, std::uintptr_t m
                             ptr(column_scale), ptr(out), s, rich, tail);
 }
 
-// The scaled feature block (out [B, 13]; out = 0: none) and the step time tau [B] of a CPU
-// batch (the dynamical time, or with flyby the encounter time), both in the batch's dtype.
-void cpu_scaled_features(std::uintptr_t pos, std::uintptr_t vel, std::uintptr_t mass,
-                         std::uintptr_t acc, std::uintptr_t out, std::uintptr_t tau, int64_t B,
-                         int64_t N, int64_t D, double G, double softening, bool double_precision,
-                         bool flyby) {
+// The checked shape of a scaled-features call (CPU or CUDA); B = 0: nothing to compute.
+aits::Shape scaled_features_shape(std::uintptr_t pos, std::uintptr_t vel, std::uintptr_t mass,
+                                  std::uintptr_t acc, std::uintptr_t tau, int64_t B, int64_t N,
+                                  int64_t D) {
   const aits::Shape s = to_shape(B, N, D);
-  if (s.B == 0) return;
+  if (s.B == 0) return s;
   if (N < 2) throw py::value_error("scaled features need N >= 2 bodies, got N=" + std::to_string(N));
   require(pos, "pos");
   require(vel, "vel");
   require(mass, "mass");
   require(acc, "acc");
   require(tau, "tau");
+  return s;
+}
+
+// The checked shape and physics of a carried-step call (CPU or CUDA); an empty shape: no work.
+std::pair<aits::Shape, aits::Physics> carried_step_arguments(
+    std::uintptr_t pos, std::uintptr_t vel, std::uintptr_t acc, std::uintptr_t mass,
+    std::uintptr_t dt, int64_t B, int64_t N, int64_t D, int64_t integrator,
+    const py::tuple& physics) {
+  const aits::Shape s = to_shape(B, N, D);
+  const aits::Physics p = to_physics(physics);
+  check_steps(1, integrator);
+  if (!empty(s)) {
+    require(pos, "pos");
+    require(vel, "vel");
+    require(acc, "acc");
+    require(mass, "mass");
+    require(dt, "dt");
+  }
+  return {s, p};
+}
+
+// The scaled feature block (out [B, 13]; out = 0: none) and the step time tau [B] of a CPU
+// batch (the dynamical time, or with flyby the encounter time), both in the batch's dtype.
+void cpu_scaled_features(std::uintptr_t pos, std::uintptr_t vel, std::uintptr_t mass,
+                         std::uintptr_t acc, std::uintptr_t out, std::uintptr_t tau, int64_t B,
+                         int64_t N, int64_t D, double G, double softening, bool double_precision,
+                         bool flyby) {
+  const aits::Shape s = scaled_features_shape(pos, vel, mass, acc, tau, B, N, D);
+  if (s.B == 0) return;
   py::gil_scoped_release nogil;
   aits::cpu::scaled_features(double_precision, ptr(pos), ptr(vel), ptr(mass), ptr(acc),
                              out == 0 ? nullptr : ptr(out), ptr(tau), s, G, softening, flyby);
@@ -408,15 +435,8 @@ void cpu_symmetric_step(std::uintptr_t f, std::uintptr_t rho, std::uintptr_t h, 
 void cpu_carried_step(std::uintptr_t pos, std::uintptr_t vel, std::uintptr_t acc,
                       std::uintptr_t mass, std::uintptr_t dt, int64_t B, int64_t N, int64_t D,
                       int64_t integrator, py::tuple physics, bool double_precision) {
-  const aits::Shape s = to_shape(B, N, D);
-  const aits::Physics p = to_physics(physics);
-  check_steps(1, integrator);
+  const auto [s, p] = carried_step_arguments(pos, vel, acc, mass, dt, B, N, D, integrator, physics);
   if (empty(s)) return;
-  require(pos, "pos");
-  require(vel, "vel");
-  require(acc, "acc");
-  require(mass, "mass");
-  require(dt, "dt");
   py::gil_scoped_release nogil;
   aits::cpu::carried_step(double_precision, ptr(pos), ptr(vel), ptr(acc), ptr(mass), ptr(dt), s,
                           static_cast<int>(integrator), p);
@@ -430,14 +450,8 @@ void cuda_scaled_features(std::uintptr_t pos, std::uintptr_t vel, std::uintptr_t
                           std::uintptr_t acc, std::uintptr_t out, std::uintptr_t tau, int64_t B,
                           int64_t N, int64_t D, double G, double softening, bool double_precision,
                           bool flyby, std::uintptr_t stream) {
-  const aits::Shape s = to_shape(B, N, D);
+  const aits::Shape s = scaled_features_shape(pos, vel, mass, acc, tau, B, N, D);
   if (s.B == 0) return;
-  if (N < 2) throw py::value_error("scaled features need N >= 2 bodies, got N=" + std::to_string(N));
-  require(pos, "pos");
-  require(vel, "vel");
-  require(mass, "mass");
-  require(acc, "acc");
-  require(tau, "tau");
   py::gil_scoped_release nogil;
   aits::cuda::scaled_features(double_precision, ptr(pos), ptr(vel), ptr(mass), ptr(acc),
                               out == 0 ? nullptr : ptr(out), ptr(tau), s, G, softening, flyby,
@@ -460,15 +474,8 @@ void cuda_carried_step(std::uintptr_t pos, std::uintptr_t vel, std::uintptr_t ac
                        std::uintptr_t mass, std::uintptr_t dt, std::uintptr_t energy, int64_t B,
                        int64_t N, int64_t D, int64_t integrator, py::tuple physics,
                        bool double_precision, std::uintptr_t stream) {
-  const aits::Shape s = to_shape(B, N, D);
-  const aits::Physics p = to_physics(physics);
-  check_steps(1, integrator);
+  const auto [s, p] = carried_step_arguments(pos, vel, acc, mass, dt, B, N, D, integrator, physics);
   if (empty(s)) return;
-  require(pos, "pos");
-  require(vel, "vel");
-  require(acc, "acc");
-  require(mass, "mass");
-  require(dt, "dt");
   py::gil_scoped_release nogil;
   aits::cuda::carried_step(double_precision, ptr(pos), ptr(vel), ptr(acc), ptr(mass), ptr(dt),
                            energy == 0 ? nullptr : ptr(energy), s, static_cast<int>(integrator),

@@ -5,9 +5,8 @@
 // The formula is Featurizer.state_block_reference in python/aitimestepper/features.py, kept as
 // the float64 reference (tests/test_features.py compares the two): with COM/VCOM the
 // mass-weighted centres, r_i = |x_i - COM|, s_i = |v_i - VCOM|, alpha_i = |a_i| and d_ij the pair
-// distances (i < j). Sums are accumulated in double whatever the dtype (so a float32 block is
-// rounded once, at the end), and min/max propagate NaN as torch's amin/amax do: a diverged
-// system gives NaN features, hence a NaN dt, which the simulation turns into a stop.
+// distances (i < j). The per-system statistics (sums in double, NaN-propagating extrema) are
+// aitimestepper/state_stats.h, shared with the CUDA kernel of the scaled block.
 #include "features.h"
 
 #include <cmath>
@@ -16,77 +15,11 @@
 #include <limits>
 #include <vector>
 
+#include "aitimestepper/state_stats.h"
 #include "common.h"
 
 namespace aits::cpu {
 namespace {
-
-// NaN-propagating running min/max (std::min/max would drop a NaN that arrives second).
-inline double nan_min(double a, double b) { return (b < a || std::isnan(b)) ? b : a; }
-inline double nan_max(double a, double b) { return (b > a || std::isnan(b)) ? b : a; }
-
-// mean, min, max and rms of n values fed one at a time.
-struct Moments {
-  double sum = 0, sum_sq = 0;
-  double low = std::numeric_limits<double>::infinity();
-  double high = -std::numeric_limits<double>::infinity();
-  void add(double q) {
-    sum += q;
-    sum_sq += q * q;
-    low = nan_min(low, q);
-    high = nan_max(high, q);
-  }
-};
-
-// Per-body statistics of one system about its centre of mass and of velocity (weights m_i / M,
-// the reference's order): total mass, mass m_i, r_i = |x_i - COM|, s_i = |v_i - VCOM|,
-// alpha_i = |a_i|, and the kinetic energy about the VCOM.
-struct BodyStats {
-  double total = 0, kinetic = 0;
-  Moments mass, r, s, alpha;
-};
-
-// |x_i - x_j|^2 in double.
-template <typename T, int D>
-double squared_distance(const T* x, int64_t i, int64_t j) {
-  double d2 = 0;
-  for (int k = 0; k < D; ++k) {
-    const double dx = double(x[i * D + k]) - double(x[j * D + k]);
-    d2 += dx * dx;
-  }
-  return d2;
-}
-
-template <typename T, int D>
-BodyStats body_stats(const T* x, const T* v, const T* m, const T* a, int64_t N) {
-  BodyStats b;
-  for (int64_t i = 0; i < N; ++i) b.total += double(m[i]);
-  double com[D] = {}, vcom[D] = {};
-  for (int64_t i = 0; i < N; ++i) {
-    const double w = double(m[i]) / b.total;
-    for (int k = 0; k < D; ++k) {
-      com[k] += w * double(x[i * D + k]);
-      vcom[k] += w * double(v[i * D + k]);
-    }
-  }
-  for (int64_t i = 0; i < N; ++i) {
-    double r2 = 0, s2 = 0, a2 = 0;
-    for (int k = 0; k < D; ++k) {
-      const double dx = double(x[i * D + k]) - com[k];
-      const double dv = double(v[i * D + k]) - vcom[k];
-      const double da = double(a[i * D + k]);
-      r2 += dx * dx;
-      s2 += dv * dv;
-      a2 += da * da;
-    }
-    b.mass.add(double(m[i]));
-    b.r.add(std::sqrt(r2));
-    b.s.add(std::sqrt(s2));
-    b.alpha.add(std::sqrt(a2));
-    b.kinetic += 0.5 * double(m[i]) * s2;
-  }
-  return b;
-}
 
 template <typename T, int D>
 void one_system(const T* x, const T* v, const T* m, const T* a, const T* scale, T* out,
@@ -173,8 +106,6 @@ template <typename T, int D>
 void scaled_one_system(const T* x, const T* v, const T* m, const T* a, T* out, T* tau_out,
                        int64_t N, double G, double eps, bool flyby, double* nearest) {
   const BodyStats b = body_stats<T, D>(x, v, m, a, N);
-  const double total = b.total, kinetic = b.kinetic;
-  const Moments &r = b.r, &s = b.s, &alpha = b.alpha;
   Moments d;
   for (int64_t i = 0; i < N; ++i) nearest[i] = std::numeric_limits<double>::infinity();
   double potential = 0;
@@ -190,29 +121,15 @@ void scaled_one_system(const T* x, const T* v, const T* m, const T* a, T* out, T
       nearest[j] = nan_min(nearest[j], distance);
     }
   potential *= G;
-  // |a_i| floored at the dtype's smallest normal, as the reference clamps it.
   const double floor = double(std::numeric_limits<T>::min());
   double tau = std::numeric_limits<double>::infinity();
   for (int64_t i = 0; i < N; ++i) {
     double a2 = 0;
     for (int k = 0; k < D; ++k) a2 += double(a[i * D + k]) * double(a[i * D + k]);
-    const double magnitude = std::sqrt(a2);
-    tau = nan_min(tau, std::sqrt(nearest[i] / (magnitude > floor || std::isnan(magnitude) ? magnitude : floor)));
+    tau = nan_min(tau, body_time(nearest[i], a2, floor));
   }
   *tau_out = static_cast<T>(flyby ? nan_min(tau, flyby_time) : tau);
-  if (out == nullptr) return;
-  const double per_body = 1.0 / double(N);
-  const double length = d.sum / double(N * (N - 1) / 2);
-  const double gm = G * total;
-  const double velocity = std::sqrt(gm / length);
-  const double time = length / velocity;
-  const double acceleration = gm / (length * length);
-  const double columns[kScaledFeatures] = {
-      b.mass.low / total, b.mass.high / total, d.low / length, d.high / length,
-      r.sum * per_body / length, r.high / length, s.sum * per_body / velocity, s.high / velocity,
-      alpha.sum * per_body / acceleration, alpha.high / acceleration, tau / time,
-      kinetic / potential, eps / length};
-  for (int c = 0; c < kScaledFeatures; ++c) out[c] = static_cast<T>(columns[c]);
+  if (out != nullptr) scaled_columns(b, d, tau, potential, G, eps, N, out);
 }
 
 template <typename T, int D>
@@ -227,8 +144,8 @@ void run_scaled(const T* pos, const T* vel, const T* mass, const T* acc, T* out,
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < s.B; ++b)
       scaled_one_system<T, D>(pos + b * state, vel + b * state, mass + b * s.N, acc + b * state,
-                              out == nullptr ? nullptr : out + b * kScaledFeatures, tau + b, s.N, G,
-                              eps, flyby, nearest.data());
+                              out == nullptr ? nullptr : out + b * aits::kScaledFeatures, tau + b,
+                              s.N, G, eps, flyby, nearest.data());
   }
 }
 

@@ -25,8 +25,6 @@ void state_features(bool double_precision, const void* pos, const void* vel, con
 
 namespace aits::cpu {
 
-constexpr int kScaledFeatures = 13;
-
 // The dimensionless `scaled` block of features.py (Featurizer.scaled_block, its float64
 // reference) and the step time of physics/timescale.py, for every system: pos, vel, acc
 // [B, N, D], mass [B, N], out [B, 13] (null: the time only), tau [B]: the dynamical time

@@ -2,19 +2,19 @@
 // is ~95 small kernels, ~55 of them the scaled features and the step time; each of these
 // replaces its share with one launch, so the CUDA graph of a block of steps has few nodes.
 //
-// scaled_features is the port of csrc/cpu/features.cpp (scaled_one_system) with one thread per
-// system: every sum in double whatever T, rounded once; min/max propagating NaN as torch's
-// amin/amax do (a diverged system gives NaN features, hence a NaN dt, which the loop turns into a
-// stop). Each body's nearest neighbour is found by a loop over all other bodies instead of the
-// CPU's scratch array (per-thread scratch indexed at run time would live in local memory); the
-// distances are the same values, so tau is too. The CUDA build's fast-math flags touch only
-// float arithmetic: the double sums, square roots and divisions here are IEEE, and the float
-// division of the step rule is written as an IEEE intrinsic.
+// scaled_features is csrc/cpu/features.cpp's scaled_one_system with one thread per system, on
+// the same per-system pieces (aitimestepper/state_stats.h: sums in double, NaN-propagating
+// extrema, the block's columns). Each body's nearest neighbour is found by a loop over all other
+// bodies instead of the CPU's scratch array (per-thread scratch indexed at run time would live in
+// local memory); the distances are the same values, so tau is too. The CUDA build's fast-math
+// flags touch only float arithmetic: the double sums, square roots and divisions here are IEEE,
+// and the float division of the step rule is written as an IEEE intrinsic.
 #include "loop.h"
 
 #include <limits>
 
 #include "aitimestepper/dispatch.h"
+#include "aitimestepper/state_stats.h"
 #include "common.cuh"
 
 namespace aits::cuda {
@@ -23,24 +23,6 @@ namespace {
 using detail::Params;
 
 constexpr int kThreads = 128;
-
-__device__ __forceinline__ double nan_min(double a, double b) {
-  return (b < a || isnan(b)) ? b : a;
-}
-__device__ __forceinline__ double nan_max(double a, double b) {
-  return (b > a || isnan(b)) ? b : a;
-}
-
-template <typename T, int D>
-__device__ __forceinline__ double squared_distance(const T* x, int64_t i, int64_t j) {
-  double d2 = 0;
-#pragma unroll
-  for (int k = 0; k < D; ++k) {
-    const double dx = double(x[i * D + k]) - double(x[j * D + k]);
-    d2 += dx * dx;
-  }
-  return d2;
-}
 
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads)
@@ -54,59 +36,20 @@ __global__ void __launch_bounds__(kThreads)
   const T* m = mass + b * N;
   constexpr double kInf = std::numeric_limits<double>::infinity();
 
-  // Per-body statistics about the centre of mass and of velocity (weights m_i / M).
-  double total = 0;
-  for (int64_t i = 0; i < N; ++i) total += double(m[i]);
-  double com[D] = {}, vcom[D] = {};
-  for (int64_t i = 0; i < N; ++i) {
-    const double w = double(m[i]) / total;
-#pragma unroll
-    for (int k = 0; k < D; ++k) {
-      com[k] += w * double(x[i * D + k]);
-      vcom[k] += w * double(v[i * D + k]);
-    }
-  }
-  double mass_low = kInf, mass_high = -kInf, kinetic = 0;
-  double r_sum = 0, r_high = -kInf, s_sum = 0, s_high = -kInf, alpha_sum = 0, alpha_high = -kInf;
-  for (int64_t i = 0; i < N; ++i) {
-    double r2 = 0, s2 = 0, a2 = 0;
-#pragma unroll
-    for (int k = 0; k < D; ++k) {
-      const double dx = double(x[i * D + k]) - com[k];
-      const double dv = double(v[i * D + k]) - vcom[k];
-      const double da = double(a[i * D + k]);
-      r2 += dx * dx;
-      s2 += dv * dv;
-      a2 += da * da;
-    }
-    const double mi = double(m[i]), r = sqrt(r2), s = sqrt(s2), alpha = sqrt(a2);
-    mass_low = nan_min(mass_low, mi);
-    mass_high = nan_max(mass_high, mi);
-    r_sum += r;
-    r_high = nan_max(r_high, r);
-    s_sum += s;
-    s_high = nan_max(s_high, s);
-    alpha_sum += alpha;
-    alpha_high = nan_max(alpha_high, alpha);
-    kinetic += 0.5 * mi * s2;
-  }
-
-  // Pairs i < j: distances, the fly-by time and the softened potential.
-  double d_sum = 0, d_low = kInf, d_high = -kInf, potential = 0, flyby_time = kInf;
+  const BodyStats stats = body_stats<T, D>(x, v, m, a, N);
+  Moments d;  // pairs i < j: distances, the fly-by time and the softened potential
+  double potential = 0, flyby_time = kInf;
   for (int64_t i = 0; i < N; ++i) {
     for (int64_t j = i + 1; j < N; ++j) {
       const double d2 = squared_distance<T, D>(x, i, j);
       const double distance = sqrt(d2);
-      d_sum += distance;
-      d_low = nan_min(d_low, distance);
-      d_high = nan_max(d_high, distance);
+      d.add(distance);
       if (flyby) flyby_time = nan_min(flyby_time, distance / sqrt(squared_distance<T, D>(v, i, j)));
       potential += double(m[i]) * double(m[j]) / sqrt(d2 + eps * eps);
     }
   }
   potential *= G;
 
-  // tau = min_i sqrt(d_i / |a_i|), |a_i| floored at the dtype's smallest normal.
   const double floor = double(std::numeric_limits<T>::min());
   double tau = kInf;
   for (int64_t i = 0; i < N; ++i) {
@@ -120,27 +63,12 @@ __global__ void __launch_bounds__(kThreads)
     double a2 = 0;
 #pragma unroll
     for (int k = 0; k < D; ++k) a2 += double(a[i * D + k]) * double(a[i * D + k]);
-    const double magnitude = sqrt(a2);
-    tau = nan_min(tau, sqrt(nearest / (magnitude > floor || isnan(magnitude) ? magnitude : floor)));
+    tau = nan_min(tau, body_time(nearest, a2, floor));
   }
   tau_out[b] = static_cast<T>(flyby ? nan_min(tau, flyby_time) : tau);
-  if (out == nullptr) return;
-
-  const double length = d_sum / double(N * (N - 1) / 2);
-  const double gm = G * total;
-  const double velocity = sqrt(gm / length);
-  const double time = length / velocity;
-  const double acceleration = gm / (length * length);
-  const double per_body = 1.0 / double(N);
-  const double columns[13] = {
-      mass_low / total,      mass_high / total,          d_low / length,
-      d_high / length,       r_sum * per_body / length,  r_high / length,
-      s_sum * per_body / velocity, s_high / velocity,    alpha_sum * per_body / acceleration,
-      alpha_high / acceleration,   tau / time,           kinetic / potential,
-      eps / length};
-  T* row = out + b * 13;
-#pragma unroll
-  for (int c = 0; c < 13; ++c) row[c] = static_cast<T>(columns[c]);
+  if (out != nullptr) {
+    scaled_columns(stats, d, tau, potential, G, eps, N, out + b * kScaledFeatures);
+  }
 }
 
 // IEEE division whatever the fast-math flags (they make float `/` approximate).
@@ -237,8 +165,9 @@ void carried_step(bool double_precision, void* pos, void* vel, void* acc, const 
                   const void* dt, void* energy, Shape shape, int integrator,
                   const Physics& physics, void* stream) {
   if (integrator != int(Integrator::Leapfrog) && integrator != int(Integrator::Yoshida4)) {
-    throw std::invalid_argument("aitimestepper CUDA: integrator must be 0 (leapfrog) or 1 (yoshida4), got " +
-                                std::to_string(integrator));
+    throw std::invalid_argument(
+        "aitimestepper CUDA: integrator must be 0 (leapfrog) or 1 (yoshida4), got " +
+        std::to_string(integrator));
   }
   if (shape.B <= 0 || shape.N <= 0) return;
   const Integrator integ = static_cast<Integrator>(integrator);
@@ -258,12 +187,13 @@ void carried_step(bool double_precision, void* pos, void* vel, void* acc, const 
     // Larger systems: the substep as kick-drift, a force evaluation of the regime that fits
     // (O(N^2), it dominates) and the closing kick.
     const int64_t BN = B * N;
+    const unsigned grid = blocks(BN, "carried_step");
     for (int sub = 0; sub < substeps_per_step(integ); ++sub) {
       const T c = static_cast<T>(substep_weight(integ, sub));
-      kick_kernel<T, D><<<blocks(BN, "carried_step"), kThreads, 0, s>>>(x, v, a, h, N, BN, c, true);
+      kick_kernel<T, D><<<grid, kThreads, 0, s>>>(x, v, a, h, N, BN, c, true);
       detail::check_launch("kick_kernel");
       detail::acceleration_any<T, D>(x, m, a, B, N, p, s);
-      kick_kernel<T, D><<<blocks(BN, "carried_step"), kThreads, 0, s>>>(x, v, a, h, N, BN, c, false);
+      kick_kernel<T, D><<<grid, kThreads, 0, s>>>(x, v, a, h, N, BN, c, false);
       detail::check_launch("kick_kernel");
     }
     if (e == nullptr) return;

@@ -279,6 +279,21 @@ __device__ __forceinline__ void vjp_of(const T (&x)[N * D], const T (&m)[N], con
   finish_vjp<T, D>(raw, &x[i * D], &g[i * D], p, out_i);
 }
 
+// One kick-drift-kick substep of size h in registers: v += h/2 a, x += h v, a = a(x), v += h/2 a.
+template <typename T, int N, int D>
+__device__ __forceinline__ void substep(T (&x)[N * D], T (&v)[N * D], T (&a)[N * D],
+                                        const T (&m)[N], T h, const Params<T>& p) {
+  const T half = T(0.5) * h;
+#pragma unroll
+  for (int e = 0; e < N * D; ++e) {
+    v[e] = kick(v[e], half, a[e]);
+    x[e] = drift(x[e], h, v[e]);
+  }
+  system_acceleration<T, N, D>(x, m, p, a);
+#pragma unroll
+  for (int e = 0; e < N * D; ++e) v[e] = kick(v[e], half, a[e]);
+}
+
 // U = -G sum_{i<j} m_i m_j / s_ij + sum_i m_i Phi(x_i).
 template <typename T, int N, int D>
 __device__ __forceinline__ T system_potential(const T (&x)[N * D], const T (&m)[N],
@@ -425,16 +440,7 @@ __global__ void __launch_bounds__(kThreads)
   int64_t boundary = 0;
   for (int64_t st = 0; st < steps; ++st) {
     for (int sub = 0; sub < S1; ++sub) {
-      const T h = sub == 1 ? h_mid : h_outer;
-      const T half = T(0.5) * h;
-#pragma unroll
-      for (int e = 0; e < ND; ++e) {
-        v[e] = kick(v[e], half, a[e]);
-        x[e] = drift(x[e], h, v[e]);
-      }
-      system_acceleration<T, N, D>(x, m, p, a);
-#pragma unroll
-      for (int e = 0; e < ND; ++e) v[e] = kick(v[e], half, a[e]);
+      substep<T, N, D>(x, v, a, m, sub == 1 ? h_mid : h_outer, p);
       ++boundary;
       if (traj != nullptr) {
         Values::write(smem, traj_slab(traj, boundary, 0, slab), blk, x);
@@ -478,16 +484,7 @@ __global__ void __launch_bounds__(kThreads)
   const T h_outer = substep_h<T>(integ, 0, dtb);
   const T h_mid = substep_h<T>(integ, 1, dtb);
   for (int sub = 0; sub < substeps_per_step(integ); ++sub) {
-    const T h = sub == 1 ? h_mid : h_outer;
-    const T half = T(0.5) * h;
-#pragma unroll
-    for (int e = 0; e < ND; ++e) {
-      v[e] = kick(v[e], half, a[e]);
-      x[e] = drift(x[e], h, v[e]);
-    }
-    system_acceleration<T, N, D>(x, m, p, a);
-#pragma unroll
-    for (int e = 0; e < ND; ++e) v[e] = kick(v[e], half, a[e]);
+    substep<T, N, D>(x, v, a, m, sub == 1 ? h_mid : h_outer, p);
   }
   Values::write(smem, pos, blk, x);
   Values::write(smem, vel, blk, v);
